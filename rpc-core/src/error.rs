@@ -1,0 +1,335 @@
+//! [`RpcError`]: everything that can go wrong with a call, on either side of the wire.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Why a call failed.
+///
+/// Every variant but [`RpcError::Transport`]'s source survives a trip over the wire:
+/// [`RpcError::to_wire`] turns it into a JSON object `{"kind": …, "message": …, …fields}` and
+/// [`RpcError::from_wire`] rebuilds the same variant on the other side. A `kind` this version
+/// does not know (another language's exception type, a newer peer) becomes
+/// [`RpcError::Handler`] with that kind, so nothing is lost.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RpcError {
+    /// No service of that name is registered at the endpoint.
+    #[error("unknown service '{service}' (known: {})", list(known))]
+    UnknownService {
+        /// The requested service name.
+        service: String,
+        /// Names of the services the endpoint does serve.
+        known: Vec<String>,
+    },
+
+    /// The service exists but has no method of that name.
+    #[error("{service}: unknown method '{method}' (known: {})", list(known))]
+    UnknownMethod {
+        /// The service that was asked.
+        service: String,
+        /// The requested method name.
+        method: String,
+        /// Names of the methods the service does have.
+        known: Vec<String>,
+    },
+
+    /// Positional arguments did not match the method's parameter list.
+    #[error("{target}: expected {} argument{} ({}), got {got}",
+        if *variadic { format!("at least {expected}") } else { expected.to_string() },
+        if *expected == 1 && !*variadic { "" } else { "s" },
+        params.join(", "))]
+    ArgumentCount {
+        /// `service.method`.
+        target: String,
+        /// How many arguments the method takes (the minimum when `variadic`).
+        expected: usize,
+        /// Whether the last parameter collects all remaining tokens.
+        variadic: bool,
+        /// How many arguments the request carried.
+        got: usize,
+        /// The method's parameters, as `name: Type`.
+        params: Vec<String>,
+    },
+
+    /// A named-argument call lacked a required argument.
+    #[error("{target}: missing argument '{param}' ({ty})")]
+    MissingArgument {
+        /// `service.method`.
+        target: String,
+        /// The parameter's name.
+        param: String,
+        /// The parameter's Rust type, as written in the source.
+        ty: String,
+    },
+
+    /// A named-argument call carried an argument the method does not take.
+    #[error("{target}: unexpected argument '{name}' (parameters: {})", params.join(", "))]
+    UnexpectedArgument {
+        /// `service.method`.
+        target: String,
+        /// The name the caller sent.
+        name: String,
+        /// The method's parameters, as `name: Type`.
+        params: Vec<String>,
+    },
+
+    /// An argument was present but did not decode into the parameter's type.
+    #[error("{target}: argument '{param}' ({ty}): {reason}")]
+    InvalidArgument {
+        /// `service.method`.
+        target: String,
+        /// The parameter's name.
+        param: String,
+        /// The parameter's Rust type, as written in the source.
+        ty: String,
+        /// What the caller sent (a text token, or the value as JSON).
+        value: String,
+        /// Why it did not decode, including the offending value.
+        reason: String,
+    },
+
+    /// The handler ran and returned an error of its own.
+    #[error("{target}: {}{message}", code.as_deref().map(|k| format!("[{k}] ")).unwrap_or_default())]
+    Handler {
+        /// `service.method` (or the method name for plain registered functions).
+        target: String,
+        /// A short machine-readable name for the error (`division_by_zero`, `ValueError`),
+        /// when the handler gives one.
+        code: Option<String>,
+        /// The error's message, as its `Display` printed it.
+        message: String,
+    },
+
+    /// The handler panicked. The server caught it and keeps serving.
+    #[error("{target}: handler panicked: {message}")]
+    Panic {
+        /// `service.method`.
+        target: String,
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+
+    /// The call did not finish within its deadline.
+    #[error("{target}: deadline of {} exceeded", fmt_ms(*timeout_ms))]
+    DeadlineExceeded {
+        /// `service.method`.
+        target: String,
+        /// The deadline that ran out, in milliseconds.
+        timeout_ms: u64,
+    },
+
+    /// Nobody serves the target: no queue is bound to the method's routing key, or every
+    /// backend is down.
+    #[error("no server is serving '{target}'{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    Unavailable {
+        /// `service.method`, or the method name.
+        target: String,
+        /// What was tried, when there is more to say.
+        reason: String,
+    },
+
+    /// The request could not be read: too long, not UTF-8, empty, too large, badly encoded.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The server refused the call because a configured limit was reached.
+    #[error("server overloaded: {reason}")]
+    Overloaded {
+        /// Which limit.
+        reason: String,
+    },
+
+    /// The caller could not decode the reply into the type it expected.
+    #[error("{target}: cannot decode the result as {ty}: {reason}")]
+    Decode {
+        /// `service.method`.
+        target: String,
+        /// The expected Rust type.
+        ty: String,
+        /// Why decoding failed.
+        reason: String,
+    },
+
+    /// The peer sent something that breaks the protocol (a malformed reply).
+    #[error("protocol error: {message}")]
+    Protocol {
+        /// What was malformed.
+        message: String,
+    },
+
+    /// The server failed in a way that is not the handler's fault (a result that does not
+    /// serialize, an internal task that died).
+    #[error("internal server error: {message}")]
+    Internal {
+        /// What happened.
+        message: String,
+    },
+
+    /// The connection to the peer or broker failed or was lost.
+    #[error("transport error: {message}")]
+    Transport {
+        /// What failed, without credentials.
+        message: String,
+        /// The underlying error, on the side where it happened (not sent over the wire).
+        #[serde(skip)]
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The client was closed while the call was pending, or after.
+    #[error("client closed")]
+    Closed,
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    if ms >= 1000 && ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+impl RpcError {
+    /// The variant's stable wire name, e.g. `unknown_method`, `handler`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcError::UnknownService { .. } => "unknown_service",
+            RpcError::UnknownMethod { .. } => "unknown_method",
+            RpcError::ArgumentCount { .. } => "argument_count",
+            RpcError::MissingArgument { .. } => "missing_argument",
+            RpcError::UnexpectedArgument { .. } => "unexpected_argument",
+            RpcError::InvalidArgument { .. } => "invalid_argument",
+            RpcError::Handler { .. } => "handler",
+            RpcError::Panic { .. } => "panic",
+            RpcError::DeadlineExceeded { .. } => "deadline_exceeded",
+            RpcError::Unavailable { .. } => "unavailable",
+            RpcError::BadRequest { .. } => "bad_request",
+            RpcError::Overloaded { .. } => "overloaded",
+            RpcError::Decode { .. } => "decode",
+            RpcError::Protocol { .. } => "protocol",
+            RpcError::Internal { .. } => "internal",
+            RpcError::Transport { .. } => "transport",
+            RpcError::Closed => "closed",
+        }
+    }
+
+    /// A transport failure with its underlying error kept as the source.
+    pub fn transport<E>(message: impl Into<String>, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        RpcError::Transport { message: message.into(), source: Some(Arc::new(source)) }
+    }
+
+    /// A deadline error for `target` after `timeout`.
+    pub fn deadline(target: impl Into<String>, timeout: Duration) -> Self {
+        RpcError::DeadlineExceeded {
+            target: target.into(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A bad-request error.
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        RpcError::BadRequest { reason: reason.into() }
+    }
+
+    /// A protocol error.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        RpcError::Protocol { message: message.into() }
+    }
+
+    /// The error as a JSON object: `{"kind": "...", "message": "<Display>", ...fields}`.
+    ///
+    /// This is the one wire form of an error, whatever the transport.
+    pub fn to_wire(&self) -> Value {
+        let mut object = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            // Unit variants serialize as {"kind": ...} too; anything else cannot happen, but
+            // the message alone is still a faithful error.
+            _ => {
+                let mut m = Map::new();
+                m.insert("kind".into(), Value::from(self.kind()));
+                m
+            }
+        };
+        object.insert("message".into(), Value::from(self.to_string()));
+        Value::Object(object)
+    }
+
+    /// Rebuilds an error from its wire form.
+    ///
+    /// A known `kind` with its fields gives back the same variant. Anything else (an unknown
+    /// kind, missing fields) becomes [`RpcError::Handler`] carrying the kind and message, so a
+    /// peer's error is never swallowed.
+    pub fn from_wire(value: &Value, target: &str) -> Self {
+        if let Ok(error) = RpcError::deserialize(value) {
+            return error;
+        }
+        let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
+        let code = field("code").or_else(|| field("kind")).or_else(|| field("type"));
+        let message = field("message").unwrap_or_else(|| value.to_string());
+        RpcError::Handler { target: target.to_owned(), code, message }
+    }
+}
+
+/// An error a handler may return when it wants to name its code explicitly.
+///
+/// Any `Result<T, E>` with `E: Display + 'static` works as a handler's return type. The code
+/// the caller sees in [`RpcError::Handler`] is, in order: the error itself when `E` is
+/// [`RpcError`] (it passes through unchanged), [`HandlerError::code`] when `E` is this type,
+/// otherwise the short name of `E`'s type (`CalcError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// Short machine-readable name of the error (`division_by_zero`).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A handler error with the given code.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        HandlerError { code: code.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// Turns a handler's error into the [`RpcError`] the caller receives (rules on
+/// [`HandlerError`]).
+pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcError {
+    let any: &dyn std::any::Any = &error;
+    if let Some(rpc) = any.downcast_ref::<RpcError>() {
+        return rpc.clone();
+    }
+    if let Some(h) = any.downcast_ref::<HandlerError>() {
+        return RpcError::Handler { target: target.to_owned(), code: Some(h.code.clone()), message: h.message.clone() };
+    }
+    let type_name = std::any::type_name::<E>();
+    // `my_crate::CalcError` -> `CalcError`; generic types keep their arguments' last segment.
+    let short = type_name.split('<').next().unwrap_or(type_name).rsplit("::").next().unwrap_or(type_name);
+    RpcError::Handler { target: target.to_owned(), code: Some(short.to_owned()), message: error.to_string() }
+}
