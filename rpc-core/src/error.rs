@@ -102,6 +102,7 @@ pub enum RpcError {
         /// when the handler gives one.
         code: Option<String>,
         /// The error's message, as its `Display` printed it.
+        #[serde(rename = "detail")]
         message: String,
     },
 
@@ -111,6 +112,7 @@ pub enum RpcError {
         /// `service.method`.
         target: String,
         /// The panic payload, when it was a string.
+        #[serde(rename = "detail")]
         message: String,
     },
 
@@ -162,6 +164,7 @@ pub enum RpcError {
     #[error("protocol error: {message}")]
     Protocol {
         /// What was malformed.
+        #[serde(rename = "detail")]
         message: String,
     },
 
@@ -170,6 +173,7 @@ pub enum RpcError {
     #[error("internal server error: {message}")]
     Internal {
         /// What happened.
+        #[serde(rename = "detail")]
         message: String,
     },
 
@@ -177,6 +181,7 @@ pub enum RpcError {
     #[error("transport error: {message}")]
     Transport {
         /// What failed, without credentials.
+        #[serde(rename = "detail")]
         message: String,
         /// The underlying error, on the side where it happened (not sent over the wire).
         #[serde(skip)]
@@ -256,6 +261,9 @@ impl RpcError {
     }
 
     /// The error as a JSON object: `{"kind": "...", "message": "<Display>", ...fields}`.
+    ///
+    /// Variant fields named `message` travel as `detail`, so `message` is always the whole
+    /// human-readable text.
     ///
     /// This is the one wire form of an error, whatever the transport.
     pub fn to_wire(&self) -> Value {

@@ -1,0 +1,301 @@
+//! Code generation: one function per generated item.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{ImplItem, ItemImpl};
+
+use crate::attrs::{is_rpc, ServiceArgs};
+use crate::model::{Method, Output, Service};
+use crate::validate::validate;
+
+/// The whole expansion: the user's impl (helper attributes removed), then the generated items
+/// or every error found.
+pub(crate) fn rpc_service(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut item: ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            let e = syn::Error::new(Span::call_site(), "#[rpc_service] goes on an inherent impl block (`impl Calculator { .. }`)");
+            let error = e.into_compile_error();
+            return quote!(#input #error);
+        }
+    };
+    let generated = ServiceArgs::parse(args).and_then(|args| generate(&args, &item));
+    strip_helper_attrs(&mut item);
+    match generated {
+        Ok(generated) => quote!(#item #generated),
+        Err(e) => {
+            let error = e.into_compile_error();
+            quote!(#item #error)
+        }
+    }
+}
+
+fn generate(args: &ServiceArgs, item: &ItemImpl) -> syn::Result<TokenStream> {
+    let service = Service::parse(args, item)?;
+    validate(&service)?;
+    let krate = match &args.krate {
+        Some(path) => quote!(#path),
+        None => core_path(),
+    };
+    let service_impl = service_impl(&service, &krate);
+    let client = client(&service, &krate);
+    Ok(quote!(#service_impl #client))
+}
+
+/// `::rpc_core`, or `::rpc::core` when the user depends on the facade crate only.
+fn core_path() -> TokenStream {
+    use proc_macro_crate::{crate_name, FoundCrate};
+    match crate_name("rpc-core") {
+        Ok(FoundCrate::Name(name)) => {
+            let ident = format_ident!("{}", name);
+            return quote!(::#ident);
+        }
+        // rpc-core never uses the macro in its own library; `Itself` means its tests,
+        // examples or doctests, which see it as an external crate.
+        Ok(FoundCrate::Itself) => return quote!(::rpc_core),
+        Err(_) => {}
+    }
+    match crate_name("rpc") {
+        Ok(FoundCrate::Name(name)) => {
+            let ident = format_ident!("{}", name);
+            quote!(::#ident::core)
+        }
+        _ => quote!(::rpc_core),
+    }
+}
+
+fn strip_helper_attrs(item: &mut ItemImpl) {
+    for impl_item in &mut item.items {
+        if let ImplItem::Fn(f) = impl_item {
+            f.attrs.retain(|a| !is_rpc(a));
+            for input in &mut f.sig.inputs {
+                if let syn::FnArg::Typed(pt) = input {
+                    pt.attrs.retain(|a| !is_rpc(a));
+                }
+            }
+        }
+    }
+}
+
+fn target(service: &Service<'_>, method: &Method<'_>) -> String {
+    format!("{}.{}", service.name, method.wire_name)
+}
+
+/// `static` metadata and `impl Service`, inside a `const _` block so their helper items stay
+/// private.
+fn service_impl(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
+    let self_ty = service.self_ty;
+    let name = &service.name;
+    let doc = &service.doc;
+    let count = service.methods.len();
+    let infos = service.methods.iter().map(|m| method_info(service, m, krate));
+    let arms = service.methods.iter().enumerate().map(|(i, m)| call_arm(service, m, i, krate));
+    let known = service.methods.iter().map(|m| &m.wire_name);
+    quote! {
+        const _: () = {
+            static __RPC_METHODS: [#krate::MethodInfo; #count] = [#(#infos),*];
+            static __RPC_SERVICE: #krate::ServiceInfo =
+                #krate::ServiceInfo::new(#name, #doc, &__RPC_METHODS);
+
+            #[automatically_derived]
+            impl #krate::Service for #self_ty {
+                fn info(&self) -> &'static #krate::ServiceInfo {
+                    &__RPC_SERVICE
+                }
+
+                #[allow(unused_variables, unused_mut, clippy::let_unit_value)]
+                fn call(
+                    self: ::std::sync::Arc<Self>,
+                    method: &::core::primitive::str,
+                    args: #krate::Args,
+                    ctx: &#krate::CallContext,
+                ) -> ::core::result::Result<
+                    #krate::__private::BoxFuture<'static, ::core::result::Result<#krate::__private::serde_json::Value, #krate::RpcError>>,
+                    #krate::RpcError,
+                > {
+                    match method {
+                        #(#arms)*
+                        _ => ::core::result::Result::Err(#krate::RpcError::UnknownMethod {
+                            service: ::std::string::String::from(#name),
+                            method: ::std::string::String::from(method),
+                            known: ::std::vec![#(::std::string::String::from(#known)),*],
+                        }),
+                    }
+                }
+            }
+        };
+    }
+}
+
+fn type_text(ty: &syn::Type) -> String {
+    // `quote` spaces every token; tighten the common cases so messages read like source.
+    quote!(#ty).to_string().replace(" < ", "<").replace(" >", ">").replace("< ", "<").replace(" ,", ",").replace(" :: ", "::").replace("& ", "&")
+}
+
+fn method_info(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> TokenStream {
+    let name = &m.wire_name;
+    let target = target(service, m);
+    let params = m.params.iter().map(|p| {
+        let pname = p.ident.to_string();
+        let pty = type_text(p.ty);
+        quote!(#krate::ParamInfo::new(#pname, #pty))
+    });
+    let variadic = m.params.last().is_some_and(|p| p.rest);
+    let returns = match &m.output {
+        Output::Unit => "()".to_owned(),
+        Output::Plain(ty) | Output::Result { full: ty, .. } => type_text(ty),
+    };
+    let blocking = !m.is_async;
+    let doc = &m.doc;
+    quote! {
+        #krate::MethodInfo::new(#name, #target, &[#(#params),*], #variadic, #returns, #blocking, #doc)
+    }
+}
+
+fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenStream) -> TokenStream {
+    let wire = &m.wire_name;
+    let target = target(service, m);
+    let self_ty = service.self_ty;
+    let ident = m.ident;
+    let cfgs = &m.attrs;
+    let decode = m.params.iter().enumerate().map(|(i, p)| {
+        let pid = p.ident;
+        let ty = p.ty;
+        let take = if p.rest { quote!(rest) } else { quote!(arg) };
+        // Spanned on the type, so an unsatisfied `Deserialize` bound points at it.
+        quote_spanned!(ty.span()=> let #pid: #ty = __rpc_reader.#take::<#ty>(#i)?;)
+    });
+    let names: Vec<_> = m.params.iter().map(|p| p.ident).collect();
+    let call = if m.receiver {
+        quote!(__rpc_this.#ident(#(#names),*))
+    } else {
+        quote!(<#self_ty>::#ident(#(#names),*))
+    };
+    let this = m.receiver.then(|| quote!(let __rpc_this = self;));
+    let convert = match &m.output {
+        Output::Unit | Output::Plain(_) => quote!(#krate::__private::encode(#target, &__rpc_out)),
+        Output::Result { .. } => quote! {
+            match __rpc_out {
+                ::core::result::Result::Ok(value) => #krate::__private::encode(#target, &value),
+                ::core::result::Result::Err(error) => ::core::result::Result::Err(#krate::handler_error(#target, error)),
+            }
+        },
+    };
+    let run = if m.is_async {
+        quote! {
+            ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                let __rpc_out = #call.await;
+                #convert
+            }))
+        }
+    } else {
+        quote! {
+            let __rpc_pool = ::core::clone::Clone::clone(&ctx.pool);
+            ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                let __rpc_out = __rpc_pool.run(#target, move || #call).await?;
+                #convert
+            }))
+        }
+    };
+    quote! {
+        #(#cfgs)*
+        #wire => {
+            let mut __rpc_reader = #krate::ArgReader::new(&__RPC_METHODS[#index], args)?;
+            #(#decode)*
+            #this
+            #run
+        }
+    }
+}
+
+/// `pub struct <Type>Client<T>` and its methods.
+fn client(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
+    let client = format_ident!("{}Client", service.type_ident);
+    let service_ident = &service.type_ident;
+    let name = &service.name;
+    let struct_doc = format!(
+        "Typed client for the `{name}` service ([`{service_ident}`]), over any [`Transport`]({}).\n\nGenerated by `#[rpc_service]`.",
+        "::rpc_core::Transport"
+    );
+    let methods = service.methods.iter().map(|m| client_method(service, m, krate));
+    quote! {
+        #[doc = #struct_doc]
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        pub struct #client<T> {
+            transport: T,
+            timeout: ::core::option::Option<::core::time::Duration>,
+        }
+
+        impl<T: #krate::Transport> #client<T> {
+            /// A client sending its calls through `transport`, with the transport's default
+            /// deadline.
+            pub fn new(transport: T) -> Self {
+                #client { transport, timeout: ::core::option::Option::None }
+            }
+
+            /// Every call from this client waits at most `timeout` for its result.
+            #[must_use]
+            pub fn with_timeout(mut self, timeout: ::core::time::Duration) -> Self {
+                self.timeout = ::core::option::Option::Some(timeout);
+                self
+            }
+
+            /// The transport calls go through.
+            pub fn transport(&self) -> &T {
+                &self.transport
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+fn client_method(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> TokenStream {
+    let ident = m.ident;
+    let target = target(service, m);
+    let service_name = &service.name;
+    let wire = &m.wire_name;
+    let cfgs = &m.attrs;
+    let params = m.params.iter().map(|p| {
+        let pid = p.ident;
+        let ty = p.ty;
+        quote!(#pid: #ty)
+    });
+    let inserts = m.params.iter().map(|p| {
+        let pid = p.ident;
+        let pname = pid.to_string();
+        quote_spanned! {p.ty.span()=>
+            __rpc_args.insert(
+                ::std::string::String::from(#pname),
+                #krate::__private::encode(#target, &#pid)?,
+            );
+        }
+    });
+    let variadic = m.params.last().is_some_and(|p| p.rest);
+    let ret = match &m.output {
+        Output::Unit => quote!(()),
+        Output::Plain(ty) => quote!(#ty),
+        Output::Result { ok, .. } => quote!(#ok),
+    };
+    let doc = if m.doc.is_empty() { format!("Calls `{target}`.") } else { m.doc.clone() };
+    let count = m.params.len();
+    quote! {
+        #(#cfgs)*
+        #[doc = #doc]
+        ///
+        /// # Errors
+        /// Any [`RpcError`](::rpc_core::RpcError): the handler's own error, an argument the
+        /// server could not decode, a deadline, or a transport failure.
+        pub async fn #ident(&self, #(#params),*) -> ::core::result::Result<#ret, #krate::RpcError> {
+            let mut __rpc_args = #krate::__private::serde_json::Map::with_capacity(#count);
+            #(#inserts)*
+            let mut __rpc_request = #krate::Request::new(#service_name, #wire, #krate::Args::Named(__rpc_args))
+                .with_variadic(#variadic);
+            if let ::core::option::Option::Some(timeout) = self.timeout {
+                __rpc_request = __rpc_request.with_timeout(timeout);
+            }
+            #krate::Transport::call(&self.transport, __rpc_request).await?.decode::<#ret>(#target)
+        }
+    }
+}
