@@ -32,8 +32,8 @@ pub(crate) fn rpc_service(args: TokenStream, input: TokenStream) -> TokenStream 
 }
 
 fn generate(args: &ServiceArgs, item: &ItemImpl) -> syn::Result<TokenStream> {
-    let service = Service::parse(args, item)?;
-    validate(&service)?;
+    let (service, errors) = Service::parse(args, item);
+    validate(&service, errors)?;
     let krate = match &args.krate {
         Some(path) => quote!(#path),
         None => core_path(),
@@ -117,9 +117,9 @@ fn service_impl(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
                     match method {
                         #(#arms)*
                         _ => ::core::result::Result::Err(#krate::RpcError::UnknownMethod {
-                            service: ::std::string::String::from(#name),
-                            method: ::std::string::String::from(method),
-                            known: ::std::vec![#(::std::string::String::from(#known)),*],
+                            service: ::std::borrow::ToOwned::to_owned(#name),
+                            method: ::std::borrow::ToOwned::to_owned(method),
+                            known: ::std::vec![#(::std::borrow::ToOwned::to_owned(#known)),*],
                         }),
                     }
                 }
@@ -158,7 +158,6 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
     let target = target(service, m);
     let self_ty = service.self_ty;
     let ident = m.ident;
-    let cfgs = &m.attrs;
     let decode = m.params.iter().enumerate().map(|(i, p)| {
         let pid = p.ident;
         let ty = p.ty;
@@ -199,7 +198,6 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
         }
     };
     quote! {
-        #(#cfgs)*
         #wire => {
             let mut __rpc_reader = #krate::ArgReader::new(&__RPC_METHODS[#index], args)?;
             #(#decode)*
@@ -267,7 +265,7 @@ fn client_method(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> 
         let pname = pid.to_string();
         quote_spanned! {p.ty.span()=>
             __rpc_args.insert(
-                ::std::string::String::from(#pname),
+                ::std::borrow::ToOwned::to_owned(#pname),
                 #krate::__private::encode(#target, &#pid)?,
             );
         }

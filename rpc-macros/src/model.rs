@@ -30,6 +30,7 @@ pub(crate) struct Method<'a> {
     pub(crate) params: Vec<Param<'a>>,
     pub(crate) output: Output<'a>,
     pub(crate) doc: String,
+    /// Attributes carried over to the client method (`#[deprecated]`).
     pub(crate) attrs: Vec<&'a syn::Attribute>,
 }
 
@@ -59,8 +60,9 @@ pub(crate) fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
 }
 
 impl<'a> Service<'a> {
-    /// Builds the model, or every error found.
-    pub(crate) fn parse(args: &ServiceArgs, item: &'a ItemImpl) -> Result<Self, syn::Error> {
+    /// Builds the model of everything that parsed, plus every error found (so cross-method
+    /// checks still run on the methods that did parse).
+    pub(crate) fn parse(args: &ServiceArgs, item: &'a ItemImpl) -> (Self, Option<syn::Error>) {
         let mut errors = None;
         if let Some((_, path, _)) = &item.trait_ {
             push(&mut errors, syn::Error::new_spanned(path, "#[rpc_service] goes on an inherent impl block (`impl Calculator { .. }`), not a trait impl"));
@@ -104,10 +106,7 @@ impl<'a> Service<'a> {
                 _ => {}
             }
         }
-        match errors {
-            Some(e) => Err(e),
-            None => Ok(Service { self_ty: &item.self_ty, type_ident, name, name_span, doc: attrs::doc(&item.attrs), methods }),
-        }
+        (Service { self_ty: &item.self_ty, type_ident, name, name_span, doc: attrs::doc(&item.attrs), methods }, errors)
     }
 }
 
@@ -131,6 +130,9 @@ impl<'a> Method<'a> {
         }
         let mut errors = None;
         let sig = &f.sig;
+        for attr in f.attrs.iter().filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr")) {
+            push(&mut errors, syn::Error::new_spanned(attr, "#[cfg] on an RPC method is not supported (the method table is static): move the method into a separate impl block"));
+        }
         if !sig.generics.params.is_empty() {
             push(&mut errors, syn::Error::new_spanned(&sig.generics, "RPC methods cannot be generic: arguments are decoded into one concrete type"));
         }
@@ -222,7 +224,7 @@ impl<'a> Method<'a> {
             params,
             output,
             doc: attrs::doc(&f.attrs),
-            attrs: f.attrs.iter().filter(|a| a.path().is_ident("cfg") || a.path().is_ident("deprecated")).collect(),
+            attrs: f.attrs.iter().filter(|a| a.path().is_ident("deprecated")).collect(),
         }))
     }
 }

@@ -7,9 +7,9 @@ use crate::model::{push, Service};
 /// Inherent methods of the generated client; an RPC method of the same name would clash.
 pub(crate) const RESERVED: &[&str] = &["new", "with_timeout", "transport"];
 
-/// Every cross-method error, combined.
-pub(crate) fn validate(service: &Service<'_>) -> Result<(), syn::Error> {
-    let mut errors = None;
+/// Every cross-method error, combined with the parse errors already found.
+pub(crate) fn validate(service: &Service<'_>, mut errors: Option<syn::Error>) -> Result<(), syn::Error> {
+    let parse_failed = errors.is_some();
     let mut seen: HashMap<&str, &crate::model::Method<'_>> = HashMap::new();
     for method in &service.methods {
         if let Some(first) = seen.insert(&method.wire_name, method) {
@@ -37,7 +37,7 @@ pub(crate) fn validate(service: &Service<'_>) -> Result<(), syn::Error> {
             push(&mut errors, syn::Error::new_spanned(method.ident, "names starting with `__rpc` are reserved for generated code"));
         }
     }
-    if service.methods.is_empty() {
+    if service.methods.is_empty() && !parse_failed {
         push(&mut errors, syn::Error::new(service.name_span, "this service has no RPC methods: add a method, or remove #[rpc_service]"));
     }
     errors.map_or(Ok(()), Err)
