@@ -130,7 +130,7 @@ impl ArgReader {
                 text::from_token(&token).map_err(|e| self.invalid(index, token, e.to_string()))
             }
             ArgsState::Named(map) => match map.remove(param.name) {
-                Some(value) => self.from_value(index, value),
+                Some(value) => self.decode_value(index, value),
                 None => T::deserialize(Value::Null).map_err(|_| RpcError::MissingArgument {
                     target: self.info.target.to_owned(),
                     param: param.name.to_owned(),
@@ -155,7 +155,7 @@ impl ArgReader {
         }
     }
 
-    fn from_value<T: DeserializeOwned>(&self, index: usize, value: Value) -> Result<T, RpcError> {
+    fn decode_value<T: DeserializeOwned>(&self, index: usize, value: Value) -> Result<T, RpcError> {
         T::deserialize(&value).map_err(|e| {
             let shown = value.to_string();
             self.invalid(index, shown, e.to_string())

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: `bash scripts/test.sh`.
+#
+# 1. makes sure a RabbitMQ broker is reachable (starts or installs one; fails loudly if it
+#    cannot: the AMQP tests never skip);
+# 2. makes a Python venv with aio-pika, the reference peer for the interop tests;
+# 3. runs every Rust test in the workspace (unit, wire, API, end to end, trybuild, doctests);
+# 4. runs the main example exactly as a newcomer does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-rabbitmq.sh
+RPC_TEST_PYTHON=$(bash scripts/python-env.sh | tail -n 1)
+export RPC_TEST_PYTHON
+export RABBITMQ_URL=${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
+cargo run --locked --example calculator
