@@ -1,0 +1,65 @@
+//! Request/reply RPC over RabbitMQ, on lapin and tokio, wire-compatible with aio-pika's
+//! `patterns.JsonRPC`.
+//!
+//! A method is a queue named after it on the default exchange; a call publishes the named
+//! arguments there (MessagePack by default, JSON on request) with a `reply_to` queue and a
+//! `correlation_id`, and waits for the reply, at most until its deadline. The full wire format,
+//! delivery semantics and limits are in `docs/AMQP.md`.
+//!
+//! Layout:
+//! - [`Rpc`] (`rpc.rs`): the handle: `create`/`connect`, `register`/`serve`/`unregister`,
+//!   `call`, `close`; it implements [`rpc_core::Transport`] for `#[rpc_service]` clients;
+//! - `client.rs`: publishing requests, matching replies to pending calls;
+//! - `server.rs`: consuming method queues, running handlers, replying, acking;
+//! - `link.rs`: one connection's channels, reply queue and consumers (rebuilt on reconnect);
+//! - [`codec`]: message bodies (MessagePack/JSON) and the error envelope; pure;
+//! - [`wire`]: names, message properties, queue arguments; pure;
+//! - [`config`](mod@config): [`RpcConfig`] and [`CallOptions`];
+//! - [`error`](mod@error): [`Error`], for set-up operations (calls return [`RpcError`]).
+//!
+//! ```no_run
+//! use lapin::{Connection, ConnectionProperties};
+//! use rpc_core::kwargs;
+//! use rpc_transport_amqp::Rpc;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Sleep {
+//!     t: f64,
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+//! let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+//! let channel = conn.create_channel().await?;
+//! let rpc = Rpc::create(channel).await?;
+//! rpc.register_async("sleep", |a: Sleep| async move {
+//!     tokio::time::sleep(std::time::Duration::from_secs_f64(a.t)).await;
+//!     Ok::<_, std::convert::Infallible>(a.t)
+//! })
+//! .await?;
+//! let slept: f64 = rpc.call("sleep", kwargs! { "t" => 3 }).await?;
+//! assert_eq!(slept, 3.0);
+//! rpc.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod client;
+pub mod codec;
+pub mod config;
+pub mod error;
+mod link;
+mod rpc;
+mod server;
+pub mod wire;
+
+pub use codec::Codec;
+pub use config::{CallOptions, RpcConfig};
+pub use error::Error;
+pub use rpc::{Rpc, RpcBuilder};
+
+pub use lapin::{Channel, Connection, ConnectionProperties};
+pub use rpc_core::{kwargs, RpcError};

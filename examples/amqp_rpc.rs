@@ -1,0 +1,94 @@
+//! The seed's RabbitMQ snippet, in Rust: register `foo` and `sleep`, call `sleep` with `t`,
+//! then show a timeout and a remote error.
+//!
+//! ```text
+//! bash scripts/ensure-rabbitmq.sh          # a broker on 127.0.0.1:5672
+//! cargo run --example amqp_rpc             # t = 3, as in the seed
+//! cargo run --example amqp_rpc -- 0.2      # a shorter nap
+//! ```
+//! The broker is `$RABBITMQ_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use rpc::amqp::{CallOptions, Connection, ConnectionProperties, Rpc};
+use rpc::core::HandlerError;
+use rpc::{kwargs, RpcError};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Foo {
+    t: f64,
+}
+
+/// Doubles `t`; refuses negative values (the remote error of the demo).
+async fn foo(args: Foo) -> Result<f64, HandlerError> {
+    if args.t < 0.0 {
+        return Err(HandlerError::new("negative_t", format!("t must not be negative, got {}", args.t)));
+    }
+    Ok(args.t * 2.0)
+}
+
+#[derive(Deserialize)]
+struct Sleep {
+    t: f64,
+}
+
+/// Sleeps `t` seconds and returns `t`.
+async fn sleep(args: Sleep) -> Result<f64, Infallible> {
+    tokio::time::sleep(Duration::from_secs_f64(args.t.max(0.0))).await;
+    Ok(args.t)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let t: f64 = match std::env::args().nth(1) {
+        Some(arg) => arg.parse().map_err(|e| format!("t must be a number of seconds, got {arg:?}: {e}"))?,
+        None => 3.0,
+    };
+    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    for line in run(&url, t).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The whole demo; returns the lines `main` prints (`tests/amqp_example.rs` checks them).
+pub async fn run(url: &str, t: f64) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut out = Vec::new();
+    // aio-pika: connection = await aio_pika.connect(url); channel = await connection.channel()
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", rpc::amqp::wire::redact_url(url)))?;
+    let channel = conn.create_channel().await?;
+    // rpc = await RPC.create(channel); await rpc.register('foo', foo)
+    let rpc = Rpc::create(channel).await?;
+    rpc.register_async("foo", foo).await?;
+    rpc.register_async("sleep", sleep).await?;
+
+    // print(await rpc.call('sleep', kwargs={'t': 3}))
+    let slept: f64 = rpc.call("sleep", kwargs! { "t" => t }).await?;
+    out.push(format!("sleep(t={t}) -> {slept}"));
+
+    // A call whose deadline runs out: the server took it, but the caller stops waiting.
+    let options = CallOptions::new().timeout(Duration::from_millis(500));
+    match rpc.call_with::<f64>("sleep", kwargs! { "t" => 5 }, options).await {
+        Err(e @ RpcError::DeadlineExceeded { .. }) => out.push(format!("timeout: {e}")),
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+
+    // The handler fails: the caller gets its code and message.
+    match rpc.call::<f64>("foo", kwargs! { "t" => -1 }).await {
+        Err(e @ RpcError::Handler { .. }) => out.push(format!("remote error: {e}")),
+        other => return Err(format!("expected a remote error, got {other:?}").into()),
+    }
+    let doubled: f64 = rpc.call("foo", kwargs! { "t" => 21 }).await?;
+    out.push(format!("foo(t=21) -> {doubled}"));
+
+    rpc.close().await?;
+    conn.close(200, "OK".into()).await?;
+    Ok(out)
+}

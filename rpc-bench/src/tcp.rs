@@ -1,0 +1,164 @@
+//! TCP scenarios, one connection per request as the seed's protocol says:
+//! (a) straight to one Consumer, (b) through the Producer to two Consumers, (c) the raw floor:
+//! a minimal tokio server that accepts, reads one line, writes a fixed reply and closes.
+//!
+//! All three are driven by the same raw client, so the differences are the servers'.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::{BlockingPool, Registry};
+use rpc_transport_tcp::{Consumer, ConsumerConfig, Limits, Producer, ProducerConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+use crate::load::closed_loop;
+use crate::services::Calculator;
+use crate::stats::{Run, Summary};
+use crate::Settings;
+
+const REQUEST: &[u8] = b"calculator calculate 2 + 2\n";
+
+/// Servers run on their own runtime, so client and server threads are the same in every
+/// scenario.
+pub struct Servers {
+    rt: Runtime,
+    stop: watch::Sender<bool>,
+}
+
+impl Servers {
+    pub fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-server")
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        Servers { rt, stop: watch::channel(false).0 }
+    }
+
+    fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    fn limits() -> Limits {
+        // The benchmark's own clients are the only ones; lift the connection cap so 32
+        // clients plus the producer's hop never meet it.
+        Limits::default().with_max_connections(4096)
+    }
+
+    pub fn consumer(&self) -> SocketAddr {
+        let shutdown = self.shutdown();
+        self.rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let registry = Registry::new().with(Calculator).with_blocking_pool(BlockingPool::for_machine());
+            let consumer = Consumer::new(Arc::new(registry), ConsumerConfig::default().with_limits(Self::limits()));
+            tokio::spawn(async move { consumer.serve(listener, shutdown).await });
+            addr
+        })
+    }
+
+    pub fn producer(&self, consumers: Vec<SocketAddr>) -> SocketAddr {
+        let shutdown = self.shutdown();
+        self.rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let producer = Producer::new(consumers, ProducerConfig::default().with_limits(Self::limits()));
+            tokio::spawn(async move { producer.serve(listener, shutdown).await });
+            addr
+        })
+    }
+
+    pub fn raw_floor(&self) -> SocketAddr {
+        let mut shutdown = self.stop.subscribe();
+        self.rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            tokio::spawn(raw_serve(stream));
+                        }
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    }
+                }
+            });
+            addr
+        })
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn raw_serve(stream: TcpStream) {
+    let mut reader = BufReader::with_capacity(1024, stream);
+    let mut line = Vec::with_capacity(64);
+    if reader.read_until(b'\n', &mut line).await.is_err() {
+        return;
+    }
+    let mut stream = reader.into_inner();
+    let _ = stream.write_all(b"4\n").await;
+    let _ = stream.shutdown().await;
+}
+
+/// One request as the seed's client sends it: connect, write, read to EOF.
+async fn one_request(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return false };
+    let _ = stream.set_nodelay(true);
+    if stream.write_all(REQUEST).await.is_err() {
+        return false;
+    }
+    let mut reply = Vec::with_capacity(16);
+    stream.read_to_end(&mut reply).await.is_ok() && reply == b"4\n"
+}
+
+fn measure(addr: SocketAddr, concurrency: usize, settings: &Settings) -> Run {
+    let (warmup, duration) = (settings.warmup, settings.duration);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .expect("client runtime")
+        .block_on(closed_loop(concurrency, warmup, duration, move |_, _| one_request(addr)))
+}
+
+/// Every TCP scenario at each concurrency, `settings.reps` times, interleaved so drift on a
+/// noisy machine hits all scenarios alike.
+pub fn run(settings: &Settings) -> Vec<Summary> {
+    let servers = Servers::new();
+    let direct = servers.consumer();
+    let consumers = vec![servers.consumer(), servers.consumer()];
+    let gateway = servers.producer(consumers);
+    let floor = servers.raw_floor();
+    let scenarios = [("(c) raw floor", floor), ("(a) consumer", direct), ("(b) producer → 2 consumers", gateway)];
+    let mut out = Vec::new();
+    for &concurrency in &[1usize, 32] {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];
+        for _ in 0..settings.reps {
+            for (i, (_, addr)) in scenarios.iter().enumerate() {
+                let run = measure(*addr, concurrency, settings);
+                runs[i].push(run);
+                // Let TIME_WAIT sockets and the server settle between runs.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        for (i, (name, _)) in scenarios.iter().enumerate() {
+            out.push(Summary::of(name, concurrency, &runs[i]));
+        }
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! The calling side: publish a request, wait for the reply with the same correlation id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::BasicPublishOptions;
+use lapin::{Confirmation, Consumer};
+use rpc_core::{Args, Reply, RpcError};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, field, Instrument};
+use uuid::Uuid;
+
+use crate::codec::parse_error_body;
+use crate::link::Link;
+use crate::rpc::Shared;
+use crate::{wire, CallOptions, Codec};
+
+type Outcome = Result<Reply, RpcError>;
+
+/// One call waiting for its reply.
+struct Waiter {
+    tx: oneshot::Sender<Outcome>,
+    deadline: Instant,
+    timeout: Duration,
+    target: String,
+    codec: Codec,
+}
+
+/// Calls waiting for replies, by correlation id. The lock is never held across an await.
+#[derive(Default)]
+pub(crate) struct Pending {
+    waiters: Mutex<HashMap<String, Waiter>>,
+}
+
+/// Removes its call from [`Pending`] when the call ends, however it ends (cancelled too).
+struct Entry<'a> {
+    pending: &'a Pending,
+    id: String,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.id);
+    }
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, id: String, waiter: Waiter) -> Entry<'_> {
+        self.lock().insert(id.clone(), waiter);
+        Entry { pending: self, id }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Fails every waiting call with `error()`.
+    pub(crate) fn fail_all(&self, error: impl Fn() -> RpcError) {
+        let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
+        for waiter in waiters {
+            let _ = waiter.tx.send(Err(error()));
+        }
+    }
+
+    /// Hands a reply to its call. The first reply wins; duplicates, unknown ids and replies
+    /// past the deadline are dropped.
+    fn on_reply(&self, delivery: &Delivery) {
+        let props = &delivery.properties;
+        let Some(id) = props.correlation_id() else {
+            debug!("reply without correlation id dropped");
+            return;
+        };
+        let Some(waiter) = self.lock().remove(id.as_str()) else {
+            debug!(correlation_id = %id, "reply to an unknown or finished call dropped (duplicate or late)");
+            return;
+        };
+        let Waiter { tx, deadline, timeout, target, codec } = waiter;
+        if Instant::now() >= deadline {
+            debug!(correlation_id = %id, "reply after the deadline dropped");
+            let _ = tx.send(Err(RpcError::deadline(&target, timeout)));
+            return;
+        }
+        let codec = props
+            .content_type()
+            .as_ref()
+            .and_then(|ct| Codec::from_content_type(ct.as_str()))
+            .unwrap_or(codec);
+        let body = || {
+            codec
+                .decode(&delivery.data)
+                .map_err(|e| RpcError::protocol(format!("{target}: undecodable reply: {e}")))
+        };
+        let outcome = match props.kind().as_ref().map(|k| k.as_str()) {
+            Some(wire::TYPE_RESULT) => body().map(Reply::Value),
+            Some(wire::TYPE_ERROR) => Err(body().map_or_else(|e| e, |v| parse_error_body(v, &target))),
+            // Our own request, dead-lettered back through rpc.dlx.
+            Some(wire::TYPE_CALL) => Err(match wire::death_reason(props).as_deref() {
+                None | Some("expired") => RpcError::deadline(&target, timeout),
+                Some(reason) => RpcError::Unavailable {
+                    target: target.clone(),
+                    reason: format!("the request was dead-lettered ({reason})"),
+                },
+            }),
+            other => Err(RpcError::protocol(format!("{target}: reply of unknown type {other:?}"))),
+        };
+        let _ = tx.send(outcome);
+    }
+}
+
+/// Reads the reply queue until the link dies or the `Rpc` closes.
+pub(crate) async fn reply_loop(shared: Arc<Shared>, link: Arc<Link>, mut replies: Consumer) {
+    let reason = loop {
+        match replies.next().await {
+            Some(Ok(delivery)) => shared.pending.on_reply(&delivery),
+            Some(Err(e)) => break e.to_string(),
+            None => break "the reply consumer was cancelled".to_owned(),
+        }
+    };
+    if !shared.is_closing() {
+        shared.link_lost(link.generation, reason);
+    }
+}
+
+/// Publishes one request to routing key `method` and waits for its reply.
+pub(crate) async fn call(shared: &Arc<Shared>, method: &str, args: Args, options: CallOptions) -> Result<Reply, RpcError> {
+    let timeout = options.timeout.unwrap_or(shared.config.timeout);
+    let codec = options.codec.unwrap_or(shared.config.codec);
+    let correlation_id = Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "rpc.call",
+        method = %method,
+        correlation_id = %correlation_id,
+        duration_ms = field::Empty,
+        outcome = field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let outcome = publish_and_wait(shared, method, args, timeout, codec, &correlation_id).instrument(span.clone()).await;
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let kind = outcome.as_ref().map_or_else(RpcError::kind, |_| "ok");
+    span.record("duration_ms", duration_ms);
+    span.record("outcome", kind);
+    debug!(parent: &span, duration_ms, outcome = kind, "call finished");
+    outcome
+}
+
+async fn publish_and_wait(
+    shared: &Arc<Shared>,
+    method: &str,
+    args: Args,
+    timeout: Duration,
+    codec: Codec,
+    correlation_id: &str,
+) -> Result<Reply, RpcError> {
+    let deadline = Instant::now() + timeout;
+    let key = wire::short(method).map_err(|reason| RpcError::bad_request(format!("method name: {reason}")))?;
+    let Args::Named(map) = args else {
+        return Err(RpcError::bad_request(format!(
+            "{method}: AMQP calls take named arguments (kwargs!), not text tokens"
+        )));
+    };
+    let body = codec
+        .encode(&Value::Object(map))
+        .map_err(|e| RpcError::bad_request(format!("{method}: {e}")))?;
+    if body.len() > shared.config.max_body_size {
+        return Err(RpcError::bad_request(format!(
+            "{method}: request body of {} bytes exceeds the limit of {} bytes",
+            body.len(),
+            shared.config.max_body_size
+        )));
+    }
+    let link = shared.link()?;
+    let (tx, rx) = oneshot::channel();
+    let waiter = Waiter { tx, deadline, timeout, target: method.to_owned(), codec };
+    let _entry = shared.pending.insert(correlation_id.to_owned(), waiter);
+    let deadline_ms = wire::now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms);
+    let publish = async {
+        link.client
+            .basic_publish("".into(), key, BasicPublishOptions { mandatory: true, ..Default::default() }, &body, properties)
+            .await?
+            .await
+    };
+    match tokio::time::timeout_at(deadline, publish).await {
+        Err(_) => return Err(RpcError::deadline(method, timeout)),
+        Ok(Err(e)) => return Err(RpcError::transport(format!("{method}: publishing the request: {e}"), e)),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            return Err(RpcError::Unavailable {
+                target: method.to_owned(),
+                reason: format!(
+                    "no queue is bound to routing key '{method}' (the broker returned the request: {} {})",
+                    returned.reply_code, returned.reply_text
+                ),
+            })
+        }
+        Ok(Ok(Confirmation::Nack(_))) => {
+            return Err(RpcError::Unavailable {
+                target: method.to_owned(),
+                reason: "the broker refused the request (nack)".into(),
+            })
+        }
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Err(_) => Err(RpcError::deadline(method, timeout)),
+        Ok(Ok(outcome)) => outcome,
+        // The waiter went away unanswered: only when the `Rpc` is torn down.
+        Ok(Err(_)) => Err(RpcError::Closed),
+    }
+}

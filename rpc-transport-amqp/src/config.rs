@@ -1,0 +1,99 @@
+//! [`RpcConfig`] (per `Rpc`) and [`CallOptions`] (per call).
+
+use std::time::Duration;
+
+use rpc_core::BlockingPool;
+
+use crate::Codec;
+
+/// Default limit on a request or reply body: 8 MiB.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
+/// Default number of unacknowledged requests a server takes from each method queue.
+pub const DEFAULT_PREFETCH: u16 = 32;
+
+/// Settings of one [`Rpc`](crate::Rpc); build with [`Rpc::builder`](crate::Rpc::builder).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RpcConfig {
+    /// How long a call waits for its reply unless the call says otherwise
+    /// ([`rpc_core::DEFAULT_TIMEOUT`], 30 s). Also the longest a server runs a request that
+    /// carries no deadline of its own (a foreign client that sets no `expiration`).
+    pub timeout: Duration,
+    /// How many unacknowledged requests a server takes from each method queue at once
+    /// (`basic.qos` prefetch, per consumer): the bound on concurrent requests per method.
+    pub prefetch: u16,
+    /// The codec calls are sent in unless the call says otherwise (MessagePack).
+    pub codec: Codec,
+    /// The largest request body a server accepts and a client sends (8 MiB). A larger request
+    /// gets a `bad_request` error reply; a larger call fails before it is published.
+    pub max_body_size: usize,
+    /// Where synchronous handlers run (one slot per CPU by default).
+    pub blocking_pool: BlockingPool,
+    /// First delay between reconnection attempts (doubles up to `reconnect_max_delay`).
+    pub reconnect_delay: Duration,
+    /// Longest delay between reconnection attempts.
+    pub reconnect_max_delay: Duration,
+    /// How long [`Rpc::close`](crate::Rpc::close) waits for in-flight requests to be
+    /// answered before closing anyway.
+    pub shutdown_grace: Duration,
+    /// The connection name shown by the broker (`rabbitmqctl list_connections
+    /// client_properties`), for connections the `Rpc` opens itself.
+    pub connection_name: Option<String>,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            timeout: rpc_core::DEFAULT_TIMEOUT,
+            prefetch: DEFAULT_PREFETCH,
+            codec: Codec::default(),
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            blocking_pool: BlockingPool::default(),
+            reconnect_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            connection_name: None,
+        }
+    }
+}
+
+/// Per-call overrides of the `Rpc`'s defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_transport_amqp::{CallOptions, Codec};
+/// let options = CallOptions::new().timeout(Duration::from_secs(2)).codec(Codec::Json);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// The call's deadline; `None` means the `Rpc`'s.
+    pub timeout: Option<Duration>,
+    /// The call's codec; `None` means the `Rpc`'s.
+    pub codec: Option<Codec>,
+}
+
+impl CallOptions {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// `self`, with `other`'s settings where `self` has none.
+    pub(crate) fn or(self, other: CallOptions) -> CallOptions {
+        CallOptions { timeout: self.timeout.or(other.timeout), codec: self.codec.or(other.codec) }
+    }
+}

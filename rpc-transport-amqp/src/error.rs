@@ -1,0 +1,79 @@
+//! [`Error`]: what can go wrong setting up, registering and closing (calls return
+//! [`rpc_core::RpcError`]).
+
+use rpc_core::RpcError;
+
+/// Why a set-up operation (`connect`, `create`, `register`, `unregister`, `close`) failed.
+///
+/// Messages never contain credentials: URLs are shown with their password redacted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The broker URL, password redacted.
+        url: String,
+        /// What lapin reported.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// The broker refused an operation (a declaration, a consume, a cancel...).
+    #[error("{action}: {source}")]
+    Broker {
+        /// What was being done, e.g. `declaring queue 'foo'`.
+        action: String,
+        /// What lapin reported.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// A handler is already registered under this name on this `Rpc`.
+    #[error("method '{0}' is already registered")]
+    AlreadyRegistered(String),
+
+    /// No handler is registered under this name.
+    #[error("method '{0}' is not registered")]
+    NotRegistered(String),
+
+    /// The name cannot be a routing key / queue name.
+    #[error("invalid method name '{name}': {reason}")]
+    InvalidName {
+        /// The name (cut to 64 characters).
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// The link to the broker is down (an `Rpc` made by `connect` is reconnecting; one made on
+    /// a channel has lost it for good).
+    #[error("not connected to the broker")]
+    NotConnected,
+
+    /// The `Rpc` was closed.
+    #[error("rpc closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn broker(action: impl Into<String>, source: lapin::Error) -> Self {
+        Error::Broker { action: action.into(), source }
+    }
+
+    pub(crate) fn invalid_name(name: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidName { name: name.chars().take(64).collect(), reason: reason.into() }
+    }
+}
+
+impl From<Error> for RpcError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Closed => RpcError::Closed,
+            other => {
+                let message = other.to_string();
+                RpcError::transport(message, other)
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Helpers shared by the broker tests. Every test uses its own queue names (uuid suffix), so
+//! the tests run in parallel against one broker. Without a broker they fail, loudly.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use rpc_transport_amqp::Rpc;
+
+pub fn url() -> String {
+    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// `prefix-<uuid>`: a queue/method name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn connect() -> Connection {
+    match Connection::connect(&url(), ConnectionProperties::default()).await {
+        Ok(conn) => conn,
+        Err(e) => panic!(
+            "no RabbitMQ broker at {} ({e}); start one with scripts/ensure-rabbitmq.sh",
+            rpc_transport_amqp::wire::redact_url(&url())
+        ),
+    }
+}
+
+pub async fn channel() -> (Connection, Channel) {
+    let conn = connect().await;
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+/// An `Rpc` on a fresh connection of its own (returned, so a test can kill it).
+pub async fn rpc() -> (Connection, Rpc) {
+    let (conn, channel) = channel().await;
+    let rpc = Rpc::create(channel).await.expect("Rpc::create");
+    (conn, rpc)
+}
+
+/// `(ready messages, consumers)` of queue `name`, by a passive declare on a fresh connection.
+pub async fn queue_state(name: &str) -> (u32, u32) {
+    let (conn, channel) = channel().await;
+    let queue = channel
+        .queue_declare(name.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("passive declare");
+    let _ = conn.close(200, "OK".into()).await;
+    (queue.message_count(), queue.consumer_count())
+}
+
+/// A private reply queue for raw-protocol tests, and its consumer.
+pub async fn raw_reply_queue(channel: &Channel) -> (String, Consumer) {
+    let queue = channel
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("reply queue");
+    let consumer = channel
+        .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("consume reply queue");
+    (queue.name().to_string(), consumer)
+}
+
+/// Runs `f` and returns its output with the time it took.
+pub async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}

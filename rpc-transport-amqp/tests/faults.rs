@@ -1,0 +1,314 @@
+//! Hostile input and faults against a real broker: bad requests, no `reply_to`, a server
+//! dying mid-call, a connection dropped under pending calls, broker-side connection close
+//! and reconnection.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{queue_state, raw_reply_queue, rpc, timed, unique};
+use futures_util::StreamExt;
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use rpc_core::{kwargs, HandlerError, RpcError};
+use rpc_transport_amqp::{codec, Codec, Rpc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+#[derive(Deserialize)]
+struct T {
+    t: f64,
+}
+
+#[derive(Deserialize)]
+struct Nothing {}
+
+fn call_props(reply_to: &str, id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_reply_to(reply_to.into())
+        .with_correlation_id(id.into())
+        .with_type("call".into())
+        .with_content_type("application/msgpack".into())
+}
+
+#[tokio::test]
+async fn bad_requests_get_error_replies_the_server_keeps_serving_and_nothing_stays_unacked() {
+    let (_c1, channel) = common::channel().await;
+    let server = Rpc::builder().max_body_size(64 * 1024).create(channel).await.unwrap();
+    let name = unique("picky");
+    server.register_async(&name, |a: T| async move { Ok::<_, HandlerError>(a.t * 2.0) }).await.unwrap();
+
+    let (_c2, raw) = common::channel().await;
+    let (reply_queue, mut replies) = raw_reply_queue(&raw).await;
+    let msgpack = |v: Value| Codec::MsgPack.encode(&v).unwrap();
+    let cases: Vec<(&str, BasicProperties, Vec<u8>, &str)> = vec![
+        ("garbage", call_props(&reply_queue, "garbage"), b"\xc1\xc1\xc1 not msgpack".to_vec(), "bad_request"),
+        ("json-garbage", call_props(&reply_queue, "json-garbage").with_content_type("application/json".into()), b"{not json".to_vec(), "bad_request"),
+        ("pickle", call_props(&reply_queue, "pickle").with_content_type("application/python-pickle".into()), b"\x80\x04K\x01.".to_vec(), "bad_request"),
+        ("array", call_props(&reply_queue, "array"), msgpack(json!([1, 2])), "bad_request"),
+        ("missing", call_props(&reply_queue, "missing"), msgpack(json!({})), "invalid_argument"),
+        ("wrong-type", call_props(&reply_queue, "wrong-type"), msgpack(json!({"t": "two"})), "invalid_argument"),
+        ("banana", call_props(&reply_queue, "banana").with_type("banana".into()), msgpack(json!({"t": 1})), "bad_request"),
+        ("huge", call_props(&reply_queue, "huge"), vec![0xc0; 100 * 1024], "bad_request"),
+        ("late", call_props(&reply_queue, "late").with_headers({
+            let mut h = lapin::types::FieldTable::default();
+            h.insert("x-deadline-ms".into(), lapin::types::AMQPValue::LongLongInt(1));
+            h
+        }), msgpack(json!({"t": 1})), "deadline_exceeded"),
+        ("deep", call_props(&reply_queue, "deep"), [vec![0x81, 0xa1, b't'], vec![0x91; 100_000], vec![0xc0]].concat(), "bad_request"),
+        ("ok", call_props(&reply_queue, "ok"), msgpack(json!({"t": 1.5})), ""),
+        ("ok-json", call_props(&reply_queue, "ok-json").with_content_type("application/json".into()), br#"{"t": 2}"#.to_vec(), ""),
+    ];
+    for (_, props, body, _) in &cases {
+        raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), body, props.clone()).await.unwrap().await.unwrap();
+    }
+    // A request without correlation id is answered without one.
+    let no_id = BasicProperties::default().with_reply_to(reply_queue.as_str().into()).with_content_type("application/msgpack".into());
+    raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &msgpack(json!({"t": 1})), no_id).await.unwrap().await.unwrap();
+
+    let mut seen = std::collections::HashMap::new();
+    let mut anonymous = None;
+    while seen.len() < cases.len() || anonymous.is_none() {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("a reply").unwrap().unwrap();
+        let props = reply.properties.clone();
+        let kind = props.kind().as_ref().unwrap().to_string();
+        let codec = Codec::from_content_type(props.content_type().as_ref().unwrap().as_str()).unwrap();
+        let body = codec.decode(&reply.data).unwrap();
+        if props.correlation_id().as_ref().is_some_and(|id| id.as_str().starts_with("json-") || id.as_str() == "ok-json" || id.as_str() == "pickle") {
+            assert_eq!(codec, Codec::Json, "JSON (and unreadable) requests are answered in JSON");
+        } else {
+            assert_eq!(codec, Codec::MsgPack);
+        }
+        match props.correlation_id() {
+            Some(id) => seen.insert(id.to_string(), (kind, body)),
+            None => anonymous.replace((kind, body)),
+        };
+    }
+    for (id, _, _, expected_kind) in &cases {
+        let (kind, body) = &seen[*id];
+        if expected_kind.is_empty() {
+            assert_eq!(kind, "result", "{id}");
+            assert!(body == &json!(3.0) || body == &json!(4.0), "{id}: {body}");
+        } else {
+            assert_eq!(kind, "error", "{id}: {body}");
+            assert_eq!(body["error"]["kind"], *expected_kind, "{id}: {body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains(&name) || *id == "late", "{id}: {body}");
+        }
+    }
+    let (kind, body) = anonymous.unwrap();
+    assert_eq!(kind, "error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no correlation_id"), "{body}");
+    // The pickle request is answered in JSON: the one codec every peer reads.
+    let error = codec::parse_error_body(seen["pickle"].1.clone(), &name);
+    assert!(error.to_string().contains("unsupported content type 'application/python-pickle'"), "{error}");
+
+    // Still serving through the normal client path.
+    let (_c3, client) = rpc().await;
+    assert_eq!(client.call::<f64>(&name, kwargs! { "t" => 4 }).await.unwrap(), 8.0);
+    // Closing the server's channel would requeue anything left unacked: nothing is.
+    server.close().await.unwrap();
+    drop(_c1);
+    assert_eq!(queue_state(&name).await, (0, 0));
+}
+
+#[tokio::test]
+async fn sixteen_megabyte_request_gets_a_bad_request_reply_under_the_default_limit() {
+    let (_c1, server) = rpc().await;
+    let name = unique("huge");
+    server.register_async(&name, |a: T| async move { Ok::<_, HandlerError>(a.t) }).await.unwrap();
+    let (_c2, raw) = common::channel().await;
+    let (reply_queue, mut replies) = raw_reply_queue(&raw).await;
+    let body = vec![b' '; 16_000_000];
+    raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, call_props(&reply_queue, "huge"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next()).await.expect("a reply").unwrap().unwrap();
+    assert_eq!(reply.properties.kind().as_ref().unwrap().as_str(), "error");
+    let error = codec::parse_error_body(Codec::MsgPack.decode(&reply.data).unwrap(), &name);
+    assert!(matches!(&error, RpcError::BadRequest { reason } if reason.contains("16000000 bytes exceeds the limit of 8388608 bytes")), "{error:?}");
+    let (_c3, client) = rpc().await;
+    assert_eq!(client.call::<f64>(&name, kwargs! { "t" => 1 }).await.unwrap(), 1.0);
+}
+
+#[tokio::test]
+async fn request_without_reply_to_is_acked_and_dropped_and_the_consumer_keeps_serving() {
+    let (c1, channel) = common::channel().await;
+    // A clone stays here so the channel outlives the Rpc and the connection closes cleanly.
+    let server = Rpc::create(channel.clone()).await.unwrap();
+    let name = unique("noreply");
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    server
+        .register_async(&name, move |a: T| {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok::<_, HandlerError>(a.t) }
+        })
+        .await
+        .unwrap();
+    let (_c2, raw) = common::channel().await;
+    let body = Codec::MsgPack.encode(&json!({"t": 1})).unwrap();
+    for _ in 0..3 {
+        let props = BasicProperties::default().with_correlation_id("x".into()).with_type("call".into());
+        raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, props).await.unwrap().await.unwrap();
+    }
+    let (_c3, client) = rpc().await;
+    assert_eq!(client.call::<f64>(&name, kwargs! { "t" => 2 }).await.unwrap(), 2.0);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1, "requests without reply_to are not run");
+    // Graceful close waits for the requests taken; closing the channel then would requeue
+    // anything left unacked.
+    server.close().await.unwrap();
+    c1.close(200, "OK".into()).await.unwrap();
+    assert_eq!(queue_state(&name).await, (0, 0), "nothing requeued: all were acked");
+}
+
+#[tokio::test]
+async fn request_of_a_server_killed_mid_call_is_redelivered_to_the_other_server() {
+    let (conn_a, a) = rpc().await;
+    let (_cb, b) = rpc().await;
+    let (_cc, client) = rpc().await;
+    let name = unique("redeliver");
+    let started = Arc::new(Notify::new());
+    let s = Arc::clone(&started);
+    a.register_async(&name, move |_: Nothing| {
+        let s = Arc::clone(&s);
+        async move {
+            s.notify_one();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, HandlerError>("a")
+        }
+    })
+    .await
+    .unwrap();
+    let call = {
+        let client = client.clone();
+        let name = name.clone();
+        tokio::spawn(async move { client.call::<String>(&name, kwargs! {}).await })
+    };
+    started.notified().await;
+    b.register_async(&name, |_: Nothing| async { Ok::<_, HandlerError>("b") }).await.unwrap();
+    // Server A dies with the request unacked: the broker hands it to B.
+    conn_a.close(320, "killed by the test".into()).await.unwrap();
+    let served_by = tokio::time::timeout(Duration::from_secs(10), call).await.expect("redelivered in time").unwrap().unwrap();
+    assert_eq!(served_by, "b");
+    drop(a);
+}
+
+#[tokio::test]
+async fn losing_the_connection_fails_pending_calls_at_once_with_a_transport_error() {
+    let (_c1, server) = rpc().await;
+    let (client_conn, client) = rpc().await;
+    let name = unique("stuck");
+    let started = Arc::new(Notify::new());
+    let s = Arc::clone(&started);
+    server
+        .register_async(&name, move |_: Nothing| {
+            let s = Arc::clone(&s);
+            async move {
+                s.notify_one();
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, HandlerError>(1)
+            }
+        })
+        .await
+        .unwrap();
+    let call = {
+        let client = client.clone();
+        let name = name.clone();
+        tokio::spawn(async move { timed(client.call_with::<u8>(&name, kwargs! {}, rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(30)))).await })
+    };
+    started.notified().await;
+    client_conn.close(320, "dropped by the test".into()).await.unwrap();
+    let closed_at = std::time::Instant::now();
+    let (result, _) = call.await.unwrap();
+    assert!(matches!(result, Err(RpcError::Transport { .. })), "{result:?}");
+    assert!(closed_at.elapsed() < Duration::from_secs(2), "{:?}", closed_at.elapsed());
+    // An Rpc on a caller's channel does not reconnect: later calls fail at once, clearly.
+    let (later, took) = timed(client.call::<u8>(&name, kwargs! {})).await;
+    assert!(matches!(&later, Err(RpcError::Transport { message, .. }) if message.contains("lost")), "{later:?}");
+    assert!(took < Duration::from_secs(1));
+    assert!(!client.is_connected());
+}
+
+/// Pids of the broker connections whose client-provided name is `name`.
+fn broker_connections(name: &str) -> Vec<String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl (needed to close a connection from the broker side)");
+    assert!(out.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn rpc_that_owns_its_connection_reconnects_after_the_broker_closes_it() {
+    let connection_name = unique("rpc-test-reconnect");
+    let rpc = Rpc::builder()
+        .connection_name(&connection_name)
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .shutdown_grace(Duration::from_secs(1))
+        .connect(&common::url())
+        .await
+        .unwrap();
+    let echo = unique("echo");
+    let slow = unique("slow");
+    rpc.register_async(&echo, |a: T| async move { Ok::<_, HandlerError>(a.t) }).await.unwrap();
+    let started = Arc::new(Notify::new());
+    let s = Arc::clone(&started);
+    rpc.register_async(&slow, move |_: Nothing| {
+        let s = Arc::clone(&s);
+        async move {
+            s.notify_one();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, HandlerError>(0)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rpc.call::<f64>(&echo, kwargs! { "t" => 1 }).await.unwrap(), 1.0);
+    let old_reply_queue = rpc.reply_queue().unwrap();
+
+    let pending = {
+        let rpc = rpc.clone();
+        let slow = slow.clone();
+        tokio::spawn(async move { timed(rpc.call::<u8>(&slow, kwargs! {})).await })
+    };
+    started.notified().await;
+    let pids = broker_connections(&connection_name);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let status = Command::new("rabbitmqctl").args(["close_connection", &pids[0], "closed by the reconnect test"]).status().unwrap();
+    assert!(status.success());
+    let closed_at = std::time::Instant::now();
+
+    let (result, _) = pending.await.unwrap();
+    assert!(matches!(result, Err(RpcError::Transport { .. })), "{result:?}");
+    let waited = closed_at.elapsed();
+    assert!(waited < Duration::from_secs(3), "the pending call failed {waited:?} after the close");
+
+    assert!(rpc.wait_connected(Duration::from_secs(30)).await, "reconnected");
+    assert_ne!(rpc.reply_queue().unwrap(), old_reply_queue);
+    // Server side consumed again, client side has a new reply queue: calls work.
+    assert_eq!(rpc.call::<f64>(&echo, kwargs! { "t" => 2 }).await.unwrap(), 2.0);
+    assert_eq!(broker_connections(&connection_name).len(), 1);
+    rpc.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_errors_never_show_the_password() {
+    let secret = "s3cr3t-pa55word";
+    let url = format!("amqp://guest:{secret}@127.0.0.1:5672/%2f");
+    let err = Rpc::connect(&url).await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(shown.contains("guest:***@127.0.0.1"), "{shown}");
+    let rpc_error: RpcError = err.into();
+    assert!(!format!("{rpc_error} {rpc_error:?}").contains(secret));
+}
