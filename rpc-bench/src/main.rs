@@ -1,11 +1,14 @@
-//! `cargo run --release -p rpc-bench -- all`: both transports against their floors and
-//! against aio-pika, medians of several runs. See BENCHMARKS.md.
+//! `cargo run --release -p rpc-bench -- all`: both transports against their raw floors and
+//! against aio-pika, medians of several runs, in one process on one machine. See
+//! BENCHMARKS.md for what each scenario is and the latest numbers.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod amqp;
 mod load;
+mod peer;
 mod stats;
 mod tcp;
 
@@ -20,22 +23,35 @@ struct Cli {
     #[command(subcommand)]
     what: What,
     /// Repetitions of each scenario (medians are reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, global = true, default_value_t = 5)]
     reps: usize,
     /// Measured seconds per run.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, global = true, default_value_t = 3.0)]
     seconds: f64,
     /// Smoke mode: one short repetition of everything, to check the benchmark works (CI).
-    #[arg(long)]
+    /// Its numbers mean nothing.
+    #[arg(long, global = true)]
     quick: bool,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq, Eq)]
 enum What {
-    /// Everything.
+    /// Everything below, in one run.
     All,
-    /// TCP scenarios only.
+    /// TCP: consumer, producer, raw floor; 1 and 32 clients.
     Tcp,
+    /// RabbitMQ: rpc.call vs a raw lapin floor, and aio-pika; 1 and 64 in flight.
+    Amqp,
+    /// Cost growth: payload sizes, and RSS of a server holding 10,000 calls.
+    Growth,
+    /// Internal: the server process of the RSS measurement.
+    #[command(hide = true)]
+    HoldServer {
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        calls: usize,
+    },
 }
 
 /// How long and how often each scenario runs.
@@ -47,18 +63,50 @@ pub struct Settings {
 
 fn main() {
     let cli = Cli::parse();
+    if let What::HoldServer { method, calls } = &cli.what {
+        amqp::hold_server(method, *calls);
+        return;
+    }
     let settings = if cli.quick {
         Settings { reps: 1, warmup: Duration::from_millis(50), duration: Duration::from_millis(300) }
     } else {
         Settings { reps: cli.reps, warmup: Duration::from_millis(500), duration: Duration::from_secs_f64(cli.seconds) }
     };
-    println!("# rpc benchmarks: {} reps × {:?}, {} CPUs", settings.reps, settings.duration, num_cpus());
-    if matches!(cli.what, What::All | What::Tcp) {
+    println!(
+        "# rpc benchmarks\n\n{} reps × {:?} per scenario (medians), {} CPUs{}",
+        settings.reps,
+        settings.duration,
+        std::thread::available_parallelism().map_or(1, usize::from),
+        if cli.quick { ", QUICK SMOKE MODE: numbers mean nothing" } else { "" }
+    );
+    let all = cli.what == What::All;
+    if all || cli.what == What::Tcp {
         let rows = tcp::run(&settings);
-        stats::print_table("TCP, one connection per request", &rows, "(c) raw floor");
+        stats::print_table("TCP, one connection per request (`calculator calculate 2 + 2`)", &rows, "(c) raw floor");
     }
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    if all || cli.what == What::Amqp {
+        let mut rows = amqp::run(&settings);
+        match peer::run(&settings) {
+            Ok(peer) => rows.extend(peer),
+            Err(why) => println!("\n(aio-pika peer skipped: {why})"),
+        }
+        stats::print_table("RabbitMQ request/reply (`multiply`)", &rows, "(d) raw lapin floor");
+    }
+    if all || cli.what == What::Growth {
+        let rows = amqp::payload_growth(&settings);
+        stats::print_table("RabbitMQ latency by payload size (1 in flight)", &rows, "rpc.call echo 100 B");
+        let calls = if cli.quick { 1_000 } else { 10_000 };
+        match amqp::held_calls_rss(calls) {
+            Ok((idle, peak, took)) => println!(
+                "\nServer holding {calls} calls in flight: RSS {:.1} MiB idle, peak {:.1} MiB ({:.1} KiB per held call); all answered in {took:.1?}",
+                idle as f64 / 1024.0,
+                peak as f64 / 1024.0,
+                (peak.saturating_sub(idle)) as f64 / calls as f64
+            ),
+            Err(e) => {
+                eprintln!("held-calls measurement failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
 }

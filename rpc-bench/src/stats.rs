@@ -40,7 +40,6 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
-    pub runs: usize,
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -61,7 +60,6 @@ impl Summary {
             p50_ms: median(runs.iter().map(|r| r.percentile_ms(50.0)).collect()),
             p99_ms: median(runs.iter().map(|r| r.percentile_ms(99.0)).collect()),
             errors: runs.iter().map(|r| r.errors).sum(),
-            runs: runs.len(),
         }
     }
 }

@@ -1,0 +1,307 @@
+//! RabbitMQ scenarios: `rpc.call` on a registered `multiply` against (d) a raw lapin floor
+//! with the same process layout (a server connection and a client connection): publish with a
+//! correlation id and `reply_to`, an echo server, no serialization, no deadlines, no
+//! publisher confirms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use rpc_core::kwargs;
+use rpc_transport_amqp::Rpc;
+use serde::Deserialize;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+use crate::load::closed_loop;
+use crate::stats::{Run, Summary};
+use crate::Settings;
+
+/// Both sides take up to this many unacknowledged requests, the framework and the floor alike.
+const PREFETCH: u16 = 128;
+
+#[derive(Deserialize)]
+struct Multiply {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Deserialize)]
+struct Echo {
+    data: String,
+}
+
+pub fn url() -> String {
+    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn runtime(name: &str) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn unique(name: &str) -> String {
+    format!("bench.{name}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The framework: one serving `Rpc`, one calling `Rpc`, each on its own connection.
+struct Framework {
+    server: Rpc,
+    client: Rpc,
+    multiply: String,
+    echo: String,
+}
+
+impl Framework {
+    async fn start() -> Self {
+        let server = Rpc::builder().prefetch(PREFETCH).connect(&url()).await.expect("server connects");
+        let client = Rpc::connect(&url()).await.expect("client connects");
+        let (multiply, echo) = (unique("multiply"), unique("echo"));
+        server
+            .register_async(&multiply, |m: Multiply| async move { Ok::<_, std::convert::Infallible>(m.a * m.b) })
+            .await
+            .expect("register multiply");
+        server
+            .register_async(&echo, |e: Echo| async move { Ok::<_, std::convert::Infallible>(e.data.len()) })
+            .await
+            .expect("register echo");
+        Framework { server, client, multiply, echo }
+    }
+}
+
+/// The floor: the cheapest request/reply lapin can do.
+#[derive(Clone)]
+struct Floor {
+    channel: Channel,
+    queue: String,
+    reply_queue: String,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>,
+    _connections: Arc<(Connection, Connection)>,
+}
+
+impl Floor {
+    async fn start() -> Self {
+        let props = ConnectionProperties::default();
+        let server_conn = Connection::connect(&url(), props.clone()).await.expect("connect");
+        let client_conn = Connection::connect(&url(), props).await.expect("connect");
+        let queue = unique("floor");
+
+        let server = server_conn.create_channel().await.expect("channel");
+        server.basic_qos(PREFETCH, BasicQosOptions::default()).await.expect("qos");
+        let declare = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+        server.queue_declare(queue.as_str().into(), declare, FieldTable::default()).await.expect("declare");
+        let mut requests = server
+            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .expect("consume");
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = requests.next().await {
+                // One task per delivery, as the framework's server does, so the floor is not
+                // serialised behind each publish.
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let (Some(reply_to), Some(id)) =
+                        (delivery.properties.reply_to().clone(), delivery.properties.correlation_id().clone())
+                    else {
+                        return;
+                    };
+                    let props = BasicProperties::default().with_correlation_id(id);
+                    let _ = server
+                        .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &delivery.data, props)
+                        .await;
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                });
+            }
+        });
+
+        let channel = client_conn.create_channel().await.expect("channel");
+        let reply = channel
+            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .await
+            .expect("reply queue");
+        let reply_queue = reply.name().to_string();
+        let mut replies = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume replies");
+        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>> = Arc::default();
+        let waiting = Arc::clone(&pending);
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = replies.next().await {
+                let Some(id) = delivery.properties.correlation_id() else { continue };
+                let sender = waiting.lock().expect("pending map").remove(id.as_str());
+                if let Some(sender) = sender {
+                    let _ = sender.send(delivery.data);
+                }
+            }
+        });
+        Floor { channel, queue, reply_queue, pending, _connections: Arc::new((server_conn, client_conn)) }
+    }
+
+    async fn call(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending map").insert(id.clone(), tx);
+        let props = BasicProperties::default()
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(self.reply_queue.as_str().into());
+        self.channel
+            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+fn measure<F, Fut>(rt: &Runtime, concurrency: usize, settings: &Settings, call: F) -> Run
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    rt.block_on(closed_loop(concurrency, settings.warmup, settings.duration, call))
+}
+
+/// `rpc.call("multiply")` and the raw floor at concurrency 1 and 64, interleaved.
+pub fn run(settings: &Settings) -> Vec<Summary> {
+    let rt = runtime("bench-amqp");
+    let framework = Arc::new(rt.block_on(Framework::start()));
+    let floor = rt.block_on(Floor::start());
+    let mut out = Vec::new();
+    for &concurrency in &[1usize, 64] {
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..settings.reps {
+            let f = Arc::clone(&framework);
+            ours.push(measure(&rt, concurrency, settings, move |w, i| {
+                let f = Arc::clone(&f);
+                async move {
+                    let a = (w as i64) * 1_000_000 + i as i64;
+                    f.client.call::<i64>(&f.multiply, kwargs! {"a" => a, "b" => 3}).await.ok() == Some(a * 3)
+                }
+            }));
+            let fl = floor.clone();
+            raw.push(measure(&rt, concurrency, settings, move |_, _| {
+                let fl = fl.clone();
+                async move { fl.call(b"x").await.is_some() }
+            }));
+        }
+        out.push(Summary::of("(d) raw lapin floor", concurrency, &raw));
+        out.push(Summary::of("rpc.call multiply", concurrency, &ours));
+    }
+    rt.block_on(async {
+        let _ = framework.client.close().await;
+        let _ = framework.server.close().await;
+    });
+    out
+}
+
+/// Latency of one call (concurrency 1) with a payload of each size.
+pub fn payload_growth(settings: &Settings) -> Vec<Summary> {
+    let rt = runtime("bench-amqp-growth");
+    let framework = Arc::new(rt.block_on(Framework::start()));
+    let mut out = Vec::new();
+    for (label, size) in [("100 B", 100usize), ("10 KB", 10_000), ("1 MB", 1_000_000)] {
+        let data: Arc<str> = "x".repeat(size).into();
+        let mut runs = Vec::new();
+        for _ in 0..settings.reps {
+            let (f, data) = (Arc::clone(&framework), Arc::clone(&data));
+            runs.push(measure(&rt, 1, settings, move |_, _| {
+                let (f, data) = (Arc::clone(&f), Arc::clone(&data));
+                async move { f.client.call::<usize>(&f.echo, kwargs! {"data" => &*data}).await.ok() == Some(data.len()) }
+            }));
+        }
+        out.push(Summary::of(&format!("rpc.call echo {label}"), 1, &runs));
+    }
+    rt.block_on(async {
+        let _ = framework.client.close().await;
+        let _ = framework.server.close().await;
+    });
+    out
+}
+
+/// Peak RSS of a server process holding `calls` requests in flight at once: the benchmark
+/// re-runs itself as a server (`hold-server`) and reads its VmHWM.
+pub fn held_calls_rss(calls: usize) -> Result<(u64, u64, Duration), String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let method = unique("hold");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["hold-server", "--method", &method, "--calls", &calls.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+        let _ = child.kill();
+        return Err("hold-server did not start".into());
+    }
+    let idle_rss = vm_kb(pid, "VmRSS:").unwrap_or(0);
+    let rt = runtime("bench-amqp-hold");
+    let started = Instant::now();
+    let result = rt.block_on(async {
+        let client = Rpc::builder().timeout(Duration::from_secs(120)).connect(&url()).await.map_err(|e| e.to_string())?;
+        let calls = (0..calls).map(|i| {
+            let client = client.clone();
+            let method = method.clone();
+            async move { client.call::<u64>(&method, kwargs! {"i" => i as u64}).await.map(|v| v == i as u64) }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let _ = client.close().await;
+        let ok = results.iter().filter(|r| matches!(r, Ok(true))).count();
+        if ok == results.len() { Ok(()) } else { Err(format!("{} of {} held calls failed", results.len() - ok, results.len())) }
+    });
+    let peak = vm_kb(pid, "VmHWM:").unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map(|()| (idle_rss, peak, started.elapsed()))
+}
+
+fn vm_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[derive(Deserialize)]
+struct Hold {
+    i: u64,
+}
+
+/// The child side of [`held_calls_rss`]: serve `method`, and answer nothing until `calls`
+/// requests are in flight at once; then answer them all.
+pub fn hold_server(method: &str, calls: usize) {
+    let rt = runtime("bench-hold-server");
+    rt.block_on(async {
+        let prefetch = u16::try_from(calls).unwrap_or(u16::MAX);
+        let server = Rpc::builder().prefetch(prefetch).connect(&url()).await.expect("connect");
+        let gate = Arc::new(tokio::sync::Barrier::new(calls));
+        server
+            .register_async(method, move |h: Hold| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.wait().await;
+                    Ok::<_, std::convert::Infallible>(h.i)
+                }
+            })
+            .await
+            .expect("register");
+        println!("ready");
+        std::future::pending::<()>().await;
+    });
+}
