@@ -1,0 +1,21 @@
+//! The example services, shared by every example and the end-to-end tests.
+//!
+//! Examples include it with `mod services;`, tests with
+//! `#[path = "../examples/services/mod.rs"] mod services;`.
+// Each example or test uses a different part of this module.
+#![allow(dead_code, unused_imports)]
+
+pub mod calculator;
+pub mod neural_net;
+
+pub use calculator::{Calculator, CalculatorClient};
+pub use neural_net::{Architecture, NeuralNet, NeuralNetClient, Prediction};
+
+use rpc::core::{BlockingPool, Registry};
+
+/// A registry serving both services, with a blocking pool of `pool_size` slots (`None`: one
+/// per CPU) for their synchronous methods.
+pub fn registry(pool_size: Option<usize>) -> Registry {
+    let pool = pool_size.map_or_else(BlockingPool::for_machine, BlockingPool::new);
+    Registry::new().with_blocking_pool(pool).with(Calculator).with(NeuralNet::shared())
+}

@@ -1,0 +1,123 @@
+//! [`Connection`]: one accepted socket and the bytes read from it so far.
+//!
+//! It reads exactly one request line (bounded in length and in time), writes exactly one
+//! reply, and closes; the protocol has no second request on a connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::frame::{Decoded, LineDecoder, RequestLine};
+use crate::Error;
+
+/// Bytes read from the socket per call: the unit of buffer growth.
+const CHUNK: usize = 8 * 1024;
+
+/// A server-side connection: the socket plus its read buffer.
+///
+/// The buffer never holds more than `max_line + 1` bytes, whatever the client sends.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` that belong to the request line (terminator included).
+    consumed: usize,
+    /// Whether the client has closed its sending side.
+    eof: bool,
+    peer: Option<SocketAddr>,
+}
+
+impl Connection {
+    /// Wraps an accepted socket.
+    pub fn new(stream: TcpStream) -> Self {
+        // Replies are written in one piece and followed by a close: no reason to wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        Connection { stream, buffer: Vec::new(), consumed: 0, eof: false, peer }
+    }
+
+    /// The client's address, when the socket still knows it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Reads one request line: up to the first `\n`, or to the client's end of stream.
+    ///
+    /// The whole line must arrive within `timeout` of this call (a client trickling one byte
+    /// at a time does not get to extend it), and be at most `max_line` bytes long.
+    ///
+    /// Cancel safe: if the future is dropped, the bytes read so far stay buffered and a later
+    /// call continues from them.
+    ///
+    /// # Errors
+    /// [`Error::ReadTimeout`], [`Error::TooLong`] as soon as the limit is passed (reading
+    /// stops there), the parse errors of [`RequestLine::parse`], and [`Error::Io`].
+    pub async fn read_request(&mut self, max_line: usize, timeout: Duration) -> Result<RequestLine, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut decoder = LineDecoder::new(max_line);
+        loop {
+            if let Decoded::Complete(line) = decoder.decode(&self.buffer, self.eof)? {
+                self.consumed = self.buffer.iter().position(|&b| b == b'\n').map_or(self.buffer.len(), |i| i + 1);
+                return Ok(line);
+            }
+            // `decode` returned Incomplete, so the buffer is within the limit and eof is false.
+            let want = (max_line + 1 - self.buffer.len()).min(CHUNK);
+            self.buffer.reserve(want);
+            // `read_buf` appends only what was read, so dropping this future loses nothing.
+            let mut limited = (&mut self.stream).take(want as u64);
+            match timeout_at(deadline, limited.read_buf(&mut self.buffer)).await {
+                Ok(Ok(n)) => self.eof = n == 0,
+                Ok(Err(e)) => return Err(Error::Io(e)),
+                Err(_) => return Err(Error::ReadTimeout(timeout)),
+            }
+        }
+    }
+
+    /// How many bytes are buffered: never more than `max_line + 1` of the last read.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Whether bytes beyond the request line were received, in which case the close should
+    /// [`linger`](Connection::linger).
+    pub fn has_unread(&self) -> bool {
+        self.consumed < self.buffer.len()
+    }
+
+    /// Writes the whole reply and closes the sending side (the client then sees end of
+    /// stream).
+    ///
+    /// # Errors
+    /// The socket's error, or [`io::ErrorKind::TimedOut`] after `timeout`.
+    pub async fn write_reply(&mut self, reply: &[u8], timeout: Duration) -> io::Result<()> {
+        let write = async {
+            self.stream.write_all(reply).await?;
+            self.stream.shutdown().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "writing the reply timed out")),
+        }
+    }
+
+    /// Reads and discards whatever the client still sends, until it closes or `duration`
+    /// passes, then drops the socket.
+    ///
+    /// Closing a socket with unread input makes the kernel send a reset, and a reset can
+    /// destroy the reply the client has not read yet; draining first lets the reply arrive.
+    /// Memory stays at one chunk.
+    pub async fn linger(mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        self.buffer.clear();
+        self.buffer.resize(CHUNK, 0);
+        while let Ok(Ok(n)) = timeout_at(deadline, self.stream.read(&mut self.buffer)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! [`Consumer`]: the seed's synchronous server. It serves a [`Registry`] on a listener the
+//! caller owns, one task per connection, until the caller's shutdown signal.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rpc_core::Registry;
+use tokio::net::TcpListener;
+
+use crate::config::ConsumerConfig;
+use crate::frame::{self, RequestLine};
+use crate::server::{self, Respond};
+
+/// A TCP server for the services of a [`Registry`].
+///
+/// Synchronous handlers run on the registry's bounded [`rpc_core::BlockingPool`] (size it with
+/// [`Registry::with_blocking_pool`]), so a burst of heavy calls queues there while the accept
+/// loop and async handlers keep going.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use rpc_core::Registry;
+/// # use rpc_transport_tcp::{Consumer, ConsumerConfig};
+/// # async fn run(registry: Registry) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+/// let consumer = Consumer::new(Arc::new(registry), ConsumerConfig::default());
+/// consumer.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Arc<Registry>,
+    config: ConsumerConfig,
+}
+
+impl Consumer {
+    /// A consumer for `registry`'s services.
+    pub fn new(registry: Arc<Registry>, config: ConsumerConfig) -> Self {
+        Consumer { inner: Arc::new(Inner { registry, config }) }
+    }
+
+    /// The registry it serves.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.inner.config
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves.
+    ///
+    /// Then it stops accepting (the listener is dropped), tells clients that have not finished
+    /// sending their request `ERROR unavailable: ...`, lets requests already read run to
+    /// their reply (for at most [`Limits::shutdown_grace`](crate::Limits::shutdown_grace)),
+    /// and returns.
+    ///
+    /// # Errors
+    /// Only when the listener's address cannot be read; failures of single connections are
+    /// logged and never end the loop.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future) -> io::Result<()> {
+        let limits = self.inner.config.limits.clone();
+        server::serve("consumer", listener, limits, Arc::clone(&self.inner), shutdown).await
+    }
+}
+
+impl Respond for Inner {
+    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
+        let started = Instant::now();
+        let (service, method) = (line.service.clone(), line.method.clone());
+        let request = line.into_request().with_timeout(self.config.request_timeout);
+        let result = self.registry.dispatch(request).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(value) => {
+                tracing::debug!(%service, %method, ?peer, ?elapsed, outcome = "ok", "call");
+                frame::encode_value(&value)
+            }
+            Err(error) => {
+                tracing::debug!(%service, %method, ?peer, ?elapsed, outcome = error.kind(), %error, "call");
+                frame::encode_error(&error)
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The example services on their own (in process): the calculator's operators and errors, and
+//! the neural network's XOR answers.
+
+#[path = "../examples/services/mod.rs"]
+mod services;
+
+use std::time::Instant;
+
+use rpc::core::{MemoryTransport, Registry, RpcError};
+use services::{Calculator, CalculatorClient, NeuralNet, NeuralNetClient};
+
+fn calculator() -> CalculatorClient<MemoryTransport> {
+    CalculatorClient::new(MemoryTransport::text(Registry::new().with(Calculator)))
+}
+
+fn handler_code(error: RpcError) -> String {
+    match error {
+        RpcError::Handler { code, .. } => code.unwrap_or_default(),
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_calculator_supports_all_four_operators() {
+    let c = calculator();
+    assert_eq!(c.calculate(2.0, "+".into(), 2.0).await.unwrap(), 4.0);
+    assert_eq!(c.calculate(2.0, "-".into(), 5.0).await.unwrap(), -3.0);
+    assert_eq!(c.calculate(1.5, "*".into(), 4.0).await.unwrap(), 6.0);
+    assert_eq!(c.calculate(1.0, "/".into(), 4.0).await.unwrap(), 0.25);
+}
+
+#[tokio::test]
+async fn the_calculator_names_its_errors() {
+    let c = calculator();
+    assert_eq!(handler_code(c.calculate(1.0, "/".into(), 0.0).await.unwrap_err()), "division_by_zero");
+    let unknown = c.calculate(1.0, "^".into(), 2.0).await.unwrap_err();
+    assert!(unknown.to_string().contains("unknown operator \"^\" (expected one of + - * /)"), "{unknown}");
+    assert_eq!(handler_code(unknown), "unknown_operator");
+    assert_eq!(handler_code(c.calculate(f64::MAX, "*".into(), 2.0).await.unwrap_err()), "non_finite");
+}
+
+#[tokio::test]
+async fn the_neural_net_answers_xor_for_all_four_inputs() {
+    let nn = NeuralNetClient::new(MemoryTransport::text(Registry::new().with(NeuralNet::shared())));
+    for (x1, x2, class) in [(0.0, 0.0, 0), (0.0, 1.0, 1), (1.0, 0.0, 1), (1.0, 1.0, 0)] {
+        let p = nn.predict(vec![x1, x2]).await.unwrap();
+        assert_eq!(p.class, class, "{x1} xor {x2}: {p:?}");
+        assert!(p.probability > 0.9, "{x1} xor {x2}: {p:?}");
+        assert_eq!(p.evaluations as usize, services::neural_net::MEMBERS * services::neural_net::SAMPLES);
+    }
+}
+
+#[tokio::test]
+async fn the_neural_net_refuses_the_wrong_number_of_inputs() {
+    let nn = NeuralNetClient::new(MemoryTransport::text(Registry::new().with(NeuralNet::shared())));
+    let error = nn.predict(vec![1.0]).await.unwrap_err();
+    assert!(error.to_string().contains("expected 2 inputs (x1 x2), got 1"), "{error}");
+    assert_eq!(handler_code(error), "invalid_input");
+    assert_eq!(handler_code(nn.predict(vec![1.0, 0.0, 1.0]).await.unwrap_err()), "invalid_input");
+}
+
+#[tokio::test]
+async fn the_neural_net_describes_its_architecture() {
+    let nn = NeuralNetClient::new(MemoryTransport::new(Registry::new().with(NeuralNet::shared())));
+    let a = nn.architecture().await.unwrap();
+    assert_eq!(a.layers, [2, 16, 16, 1]);
+    assert_eq!(a.parameters, 2 * 16 + 16 + 16 * 16 + 16 + 16 + 1);
+    assert!(a.final_loss < 0.05, "{a:?}");
+}
+
+#[test]
+fn training_is_deterministic_and_fast_and_a_prediction_costs_real_cpu() {
+    let started = Instant::now();
+    let a = NeuralNet::new();
+    let trained_in = started.elapsed();
+    let b = NeuralNet::new();
+    assert_eq!(a.architecture(), b.architecture());
+    let started = Instant::now();
+    let p = a.predict(vec![1.0, 0.0]).unwrap();
+    let predicted_in = started.elapsed();
+    assert_eq!(p, b.predict(vec![1.0, 0.0]).unwrap());
+    eprintln!("training: {trained_in:?}, one prediction: {predicted_in:?}, {:?} {p:?}", a.architecture());
+}
