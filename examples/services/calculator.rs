@@ -14,6 +14,9 @@ impl Calculator {
     ///
     /// Errors (codes): `division_by_zero`, `unknown_operator`, `non_finite` (the result
     /// overflowed, or an input was NaN or infinite).
+    // Inline: one float operation is far cheaper than the blocking pool's two thread
+    // hand-offs (BENCHMARKS.md measures both). `NeuralNet::predict` is the heavy one.
+    #[rpc(inline)]
     pub fn calculate(a: f64, op: String, b: f64) -> Result<f64, HandlerError> {
         let result = match op.as_str() {
             "+" => a + b,

@@ -22,6 +22,17 @@ use crate::Settings;
 
 const REQUEST: &[u8] = b"calculator calculate 2 + 2\n";
 
+/// The shipped `Calculator` runs `calculate` inline (`#[rpc(inline)]`); this is the same
+/// method as a plain synchronous handler, on the blocking pool, to show what the pool costs.
+struct PooledCalculator;
+
+#[rpc_macros::rpc_service(name = "calculator")]
+impl PooledCalculator {
+    fn calculate(a: f64, op: String, b: f64) -> Result<f64, rpc_core::HandlerError> {
+        Calculator::calculate(a, op, b)
+    }
+}
+
 /// Servers run on their own runtime, so client and server threads are the same in every
 /// scenario.
 pub struct Servers {
@@ -54,11 +65,15 @@ impl Servers {
     }
 
     pub fn consumer(&self) -> SocketAddr {
+        self.consumer_of(Registry::new().with(Calculator))
+    }
+
+    pub fn consumer_of(&self, registry: Registry) -> SocketAddr {
         let shutdown = self.shutdown();
         self.rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let registry = Registry::new().with(Calculator).with_blocking_pool(BlockingPool::for_machine());
+            let registry = registry.with_blocking_pool(BlockingPool::for_machine());
             let consumer = Consumer::new(Arc::new(registry), ConsumerConfig::default().with_limits(Self::limits()));
             tokio::spawn(async move { consumer.serve(listener, shutdown).await });
             addr
@@ -144,7 +159,13 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
     let consumers = vec![servers.consumer(), servers.consumer()];
     let gateway = servers.producer(consumers);
     let floor = servers.raw_floor();
-    let scenarios = [("(c) raw floor", floor), ("(a) consumer", direct), ("(b) producer → 2 consumers", gateway)];
+    let pooled = servers.consumer_of(Registry::new().with(PooledCalculator));
+    let scenarios = [
+        ("(c) raw floor", floor),
+        ("(a) consumer", direct),
+        ("(b) producer → 2 consumers", gateway),
+        ("(a′) consumer, calculate on the blocking pool", pooled),
+    ];
     let mut out = Vec::new();
     for &concurrency in &[1usize, 32] {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];

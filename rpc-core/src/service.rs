@@ -72,7 +72,7 @@ pub struct MethodInfo {
     pub variadic: bool,
     /// The return type as written in the source (`Result<f64, CalcError>`).
     pub returns: &'static str,
-    /// Whether the method is synchronous and therefore runs on the blocking pool.
+    /// Whether the method runs on the blocking pool (synchronous and not `#[rpc(inline)]`).
     pub blocking: bool,
     /// The method's doc comment.
     pub doc: &'static str,

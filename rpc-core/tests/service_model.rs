@@ -99,6 +99,12 @@ impl Calculator {
 
     pub fn nothing() {}
 
+    /// Cheap: runs on the runtime, not the pool.
+    #[rpc(inline)]
+    pub fn double(x: i64) -> i64 {
+        x * 2
+    }
+
     #[rpc(skip)]
     #[allow(dead_code)]
     fn helper() -> u8 {
@@ -289,6 +295,23 @@ async fn sync_handlers_do_not_block_even_a_single_threaded_runtime() {
     t.call(Request::new("ctr", "peek", text(""))).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(150));
     slow.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_method_skips_the_blocking_pool_even_when_it_is_full() {
+    let t = MemoryTransport::new(registry().with_blocking_pool(rpc_core::BlockingPool::new(1)));
+    let busy = tokio::spawn({
+        let t = t.clone();
+        async move { t.call(Request::new("calculator", "sleep_sync", text("300"))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    assert_eq!(t.call(Request::new("calculator", "double", text("21"))).await.unwrap().into_text(), "42");
+    assert!(!busy.is_finished(), "the pool's only slot should still be busy");
+    assert!(started.elapsed() < Duration::from_millis(200), "inline call waited for the pool: {:?}", started.elapsed());
+    busy.await.unwrap().unwrap();
+    let info = t.registry().service("calculator").unwrap().info();
+    assert!(!info.method("double").unwrap().blocking && info.method("sleep_sync").unwrap().blocking);
 }
 
 #[tokio::test]

@@ -37,6 +37,7 @@ impl ServiceArgs {
 pub(crate) struct MethodArgs {
     pub(crate) name: Option<LitStr>,
     pub(crate) skip: Option<proc_macro2::Span>,
+    pub(crate) inline: Option<proc_macro2::Span>,
 }
 
 /// Options of `#[rpc(..)]` on a parameter.
@@ -59,8 +60,11 @@ pub(crate) fn method_args(attrs: &[Attribute]) -> syn::Result<MethodArgs> {
             } else if meta.path.is_ident("skip") {
                 args.skip = Some(syn::spanned::Spanned::span(&meta.path));
                 Ok(())
+            } else if meta.path.is_ident("inline") {
+                args.inline = Some(syn::spanned::Spanned::span(&meta.path));
+                Ok(())
             } else {
-                Err(meta.error("unknown #[rpc] option on a method; expected `name = \"...\"` or `skip`"))
+                Err(meta.error("unknown #[rpc] option on a method; expected `name = \"...\"`, `skip` or `inline`"))
             }
         })?;
     }

@@ -146,7 +146,7 @@ fn method_info(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> To
         Output::Unit => "()".to_owned(),
         Output::Plain(ty) | Output::Result { full: ty, .. } => type_text(ty),
     };
-    let blocking = !m.is_async;
+    let blocking = !m.is_async && !m.inline;
     let doc = &m.doc;
     quote! {
         #krate::MethodInfo::new(#name, #target, &[#(#params),*], #variadic, #returns, #blocking, #doc)
@@ -185,6 +185,13 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
         quote! {
             ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
                 let __rpc_out = #call.await;
+                #convert
+            }))
+        }
+    } else if m.inline {
+        quote! {
+            ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                let __rpc_out = #call;
                 #convert
             }))
         }

@@ -27,6 +27,8 @@ pub(crate) struct Method<'a> {
     pub(crate) wire_span: Span,
     pub(crate) receiver: bool,
     pub(crate) is_async: bool,
+    /// `#[rpc(inline)]`: a synchronous method cheap enough to run on the async runtime.
+    pub(crate) inline: bool,
     pub(crate) params: Vec<Param<'a>>,
     pub(crate) output: Output<'a>,
     pub(crate) doc: String,
@@ -130,6 +132,11 @@ impl<'a> Method<'a> {
         }
         let mut errors = None;
         let sig = &f.sig;
+        if let (Some(span), Some(asyncness)) = (args.inline, &sig.asyncness) {
+            let mut e = syn::Error::new(span, "`inline` is for synchronous methods: async methods already run on the runtime");
+            e.combine(syn::Error::new_spanned(asyncness, "this method is async"));
+            push(&mut errors, e);
+        }
         for attr in f.attrs.iter().filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr")) {
             push(&mut errors, syn::Error::new_spanned(attr, "#[cfg] on an RPC method is not supported (the method table is static): move the method into a separate impl block"));
         }
@@ -221,6 +228,7 @@ impl<'a> Method<'a> {
             wire_span,
             receiver,
             is_async: sig.asyncness.is_some(),
+            inline: args.inline.is_some(),
             params,
             output,
             doc: attrs::doc(&f.attrs),
