@@ -21,8 +21,9 @@ pub(crate) struct Link {
     connection: Option<Connection>,
     /// Publishes requests (with confirms), consumes replies.
     pub(crate) client: Channel,
-    /// Consumes method queues (with prefetch), publishes replies (with confirms). The same
-    /// channel as `client` for an `Rpc` created on a channel.
+    /// Consumes method queues (with prefetch), publishes replies (confirmed only when it is
+    /// also the client channel). The same channel as `client` for an `Rpc` created on a
+    /// channel.
     pub(crate) server: Channel,
     /// This link's server-named reply queue.
     pub(crate) reply_queue: ShortString,
@@ -121,17 +122,14 @@ impl Link {
         config: &RpcConfig,
         generation: u64,
     ) -> Result<(Link, Consumer), Error> {
-        let same = client.id() == server.id();
         client
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| Error::broker("enabling publisher confirms", e))?;
-        if !same {
-            server
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| Error::broker("enabling publisher confirms", e))?;
-        }
+        // The serving channel of `connect` publishes replies without confirms: the broker
+        // handles a channel's frames in order, so the ack that follows a reply still means
+        // "the reply was routed first", and the broker saves a confirm per call. A channel
+        // shared with the calling side (`create`) has them anyway.
         // Per consumer (global = false): RabbitMQ deprecates global QoS; each method queue gets
         // `prefetch` unacked requests. The no-ack reply consumer is not limited by it.
         server
