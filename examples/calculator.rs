@@ -6,35 +6,60 @@
 //! printed as it completes, then a summary. The exit code is 0 when every task got the answer
 //! it expected (including the errors the crowd provokes on purpose), 1 otherwise.
 //!
+//! `cargo run --example calculator -- --transport amqp` runs the same crowd over RabbitMQ
+//! (`$RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`): two server workers,
+//! each an `Rpc` with its own connection serving both services (queues
+//! `calculator.calculate`, `neural_net.predict`, `neural_net.architecture`), take the
+//! Consumers' place, and one client `Rpc` shared by the crowd takes the Producer's. The
+//! broker spreads the requests over the workers; the summary counts what each one served.
+//! AMQP carries named arguments, so each text line is named with the method's metadata
+//! (`Args::text_to_named`: `calculator calculate 2 + 2` becomes `calculator.calculate
+//! {"a": 2, "op": "+", "b": 2}`). A method nobody serves has no queue, so there the broker
+//! answers (`unavailable`, at once) where a Consumer answers `unknown_method`. Without a
+//! broker the example says so and exits 1.
+//!
 //! Quiet by default; `RUST_LOG=debug` shows every request on every hop (service, method,
 //! consumer, duration, outcome).
 
 // `pub` so the end-to-end test, which includes this file, reaches the same services.
 pub mod services;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use rpc::core::{Args, Request, Transport};
-use rpc::tcp::{Consumer, ConsumerConfig, ConsumerStats, Producer, ProducerConfig, TcpTransport};
+use futures_util::future::BoxFuture;
+use rpc::amqp::Rpc;
+use rpc::core::{Args, CallContext, Reply, Request, RpcError, Service, ServiceInfo, Transport};
+use rpc::tcp::{Consumer, ConsumerConfig, Producer, ProducerConfig, TcpTransport};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-/// Runs two consumers, a producer and a crowd of clients in one process.
+/// The broker when `$RABBITMQ_URL` is not set.
+pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How long connecting to the broker may take before the demo gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs two consumers (or server workers), a producer (or a client) and a crowd of clients in
+/// one process.
 #[derive(Debug, Parser)]
 #[command(about)]
 pub struct Cli {
-    /// How the producer reaches the consumers.
+    /// How the crowd reaches the services: TCP through a Producer, or RabbitMQ
+    /// (`$RABBITMQ_URL`).
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
     pub transport: TransportKind,
     /// How many tasks the crowd sends (all at once).
     #[arg(long, default_value_t = 40)]
     pub tasks: usize,
-    /// How many consumers to start.
+    /// How many consumers (TCP) or server workers (AMQP) to start.
     #[arg(long, default_value_t = 2)]
     pub consumers: usize,
 }
@@ -59,6 +84,9 @@ enum Expect {
     Anything,
     /// An error of this kind (and handler code, when given).
     Error(&'static str, Option<&'static str>),
+    /// The error for a method nobody serves: `unknown_method` from a TCP Consumer,
+    /// `unavailable` from the broker (no queue is bound to the routing key).
+    NoSuchMethod,
 }
 
 /// The crowd's repertoire, cycled through: all four operators, the errors a user makes, and
@@ -72,7 +100,7 @@ const REPERTOIRE: &[(&str, Expect)] = &[
     ("calculator calculate 1 / 0", Expect::Error("handler", Some("division_by_zero"))),
     ("calculator calculate 0.1 + 0.2", Expect::Text("0.30000000000000004")),
     ("neural_net predict 1 1", Expect::Class(0)),
-    ("calculator sqrt 2", Expect::Error("unknown_method", None)),
+    ("calculator sqrt 2", Expect::NoSuchMethod),
     ("calculator calculate 2 ^ 10", Expect::Error("handler", Some("unknown_operator"))),
     ("neural_net predict 0 1", Expect::Class(1)),
     ("calculator calculate 1e3 * -2.5", Expect::Text("-2500")),
@@ -82,9 +110,46 @@ const REPERTOIRE: &[(&str, Expect)] = &[
     ("calculator calculate 100 / 8", Expect::Text("12.5")),
 ];
 
+impl Expect {
+    /// Whether `reply` is what this expectation asks for, over `transport`.
+    fn is_met(&self, reply: &Result<String, RpcError>, transport: TransportKind) -> bool {
+        match (self, reply) {
+            (Expect::Text(want), Ok(text)) => text == want,
+            (Expect::Class(class), Ok(text)) => {
+                serde_json::from_str::<services::Prediction>(text).is_ok_and(|p| p.class == *class)
+            }
+            (Expect::Anything, Ok(_)) => true,
+            (Expect::Error(kind, code), Err(e)) => {
+                e.kind() == *kind
+                    && code.map_or(true, |c| matches!(e, RpcError::Handler { code: Some(got), .. } if got == c))
+            }
+            (Expect::NoSuchMethod, Err(e)) => match transport {
+                TransportKind::Tcp => matches!(e, RpcError::UnknownMethod { .. }),
+                TransportKind::Amqp => matches!(e, RpcError::Unavailable { .. }),
+            },
+            _ => false,
+        }
+    }
+}
+
+/// What one consumer or server worker did during a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// How the summary names it: `consumer 1 at 127.0.0.1:41234`, or `worker 1 (connection
+    /// 'calculator example worker 1')`.
+    pub name: String,
+    /// Tasks it answered (a result, or an error of the call itself such as a handler error).
+    pub served: u64,
+    /// TCP: attempts that failed on it and moved on to another consumer. `None` over AMQP,
+    /// where the broker, not the client, picks the worker.
+    pub failures: Option<u64>,
+}
+
 /// The outcome of a demo run.
 #[derive(Debug)]
 pub struct Summary {
+    /// The transport the crowd used.
+    pub transport: TransportKind,
     /// Tasks sent.
     pub tasks: usize,
     /// Tasks answered with a result.
@@ -93,10 +158,13 @@ pub struct Summary {
     pub errors: usize,
     /// Tasks whose answer was not the expected one (result or error), described.
     pub unexpected: Vec<String>,
+    /// Tasks the broker answered itself because no queue is bound to their method (AMQP).
+    pub unrouted: usize,
     /// From the first task sent to the last answer.
     pub wall: Duration,
-    /// The producer's per-consumer counters.
-    pub consumers: Vec<ConsumerStats>,
+    /// Per consumer (TCP, the producer's counters) or per server worker (AMQP, counted by
+    /// each worker).
+    pub consumers: Vec<WorkerStats>,
 }
 
 impl Summary {
@@ -110,14 +178,99 @@ impl Summary {
             self.unexpected.len(),
             self.wall.as_secs_f64() * 1000.0
         );
-        for (i, c) in self.consumers.iter().enumerate() {
-            out += &format!("  consumer {} at {}: {} tasks served, {} failures\n", i + 1, c.addr, c.served, c.failures);
+        for c in &self.consumers {
+            out += &format!("  {}: {} tasks served", c.name, c.served);
+            if let Some(failures) = c.failures {
+                out += &format!(", {failures} failures");
+            }
+            out += "\n";
+        }
+        if self.transport == TransportKind::Amqp {
+            if self.unrouted > 0 {
+                out += &format!("  answered by the broker (no queue for the method): {} tasks\n", self.unrouted);
+            }
+            let accounted = self.served() + self.unrouted as u64;
+            if accounted != self.tasks as u64 {
+                out += &format!(
+                    "  {} tasks accounted for, {} sent: another server consumes these queues, or \
+                     requests from an earlier run were still waiting in them\n",
+                    accounted, self.tasks
+                );
+            }
         }
         for u in &self.unexpected {
             out += &format!("  unexpected: {u}\n");
         }
         out
     }
+
+    /// Tasks served by all consumers or workers together.
+    pub fn served(&self) -> u64 {
+        self.consumers.iter().map(|c| c.served).sum()
+    }
+}
+
+/// What the crowd saw.
+struct Tally {
+    results: usize,
+    errors: usize,
+    unexpected: Vec<String>,
+    unrouted: usize,
+    wall: Duration,
+}
+
+/// Sends `tasks` tasks from the repertoire at once, each through `call` (a line in, its
+/// result as text out), and prints each as it completes.
+async fn crowd<F, Fut>(
+    transport: TransportKind,
+    tasks: usize,
+    call: F,
+    print: &mut impl FnMut(String),
+) -> Result<Tally, tokio::task::JoinError>
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: Future<Output = Result<String, RpcError>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut crowd = JoinSet::new();
+    for i in 0..tasks {
+        let (line, expect) = REPERTOIRE[i % REPERTOIRE.len()].clone();
+        let reply = call(line);
+        crowd.spawn(async move {
+            let t = Instant::now();
+            let reply = reply.await;
+            (i, line, expect, reply, t.elapsed())
+        });
+    }
+    let mut tally = Tally { results: 0, errors: 0, unexpected: Vec::new(), unrouted: 0, wall: Duration::ZERO };
+    while let Some(joined) = crowd.join_next().await {
+        let (i, line, expect, reply, took) = joined?;
+        let shown = match &reply {
+            Ok(text) => text.clone(),
+            Err(e) => format!("ERROR {}: {e}", e.kind()),
+        };
+        print(format!("task {:>3}  {line:<34} -> {shown}  ({:.1} ms)", i + 1, took.as_secs_f64() * 1000.0));
+        match &reply {
+            Ok(_) => tally.results += 1,
+            Err(RpcError::Unavailable { .. }) if transport == TransportKind::Amqp => {
+                tally.errors += 1;
+                tally.unrouted += 1;
+            }
+            Err(_) => tally.errors += 1,
+        }
+        if !expect.is_met(&reply, transport) {
+            tally.unexpected.push(format!("task {}: {line} -> {shown} (expected {expect:?})", i + 1));
+        }
+    }
+    tally.wall = started.elapsed();
+    Ok(tally)
+}
+
+/// `calculator calculate 2 + 2` as `("calculator", "calculate", ["2", "+", "2"])`.
+fn split_line(line: &str) -> (String, String, Vec<String>) {
+    let mut tokens = line.split(' ').map(str::to_owned);
+    let (service, method) = (tokens.next().unwrap_or_default(), tokens.next().unwrap_or_default());
+    (service, method, tokens.collect())
 }
 
 /// Starts `consumers` consumers and a producer on loopback, runs `tasks` tasks through the
@@ -143,50 +296,23 @@ pub async fn demo(consumers: usize, tasks: usize, mut print: impl FnMut(String))
     let serving = producer.clone();
     servers.spawn(async move { serving.serve(listener, stopped).await });
 
-    let started = Instant::now();
-    let mut crowd = JoinSet::new();
-    for i in 0..tasks {
-        let (line, expect) = REPERTOIRE[i % REPERTOIRE.len()].clone();
-        crowd.spawn(async move {
-            // Each task is its own external client with its own connection.
-            let client = TcpTransport::new(gateway);
-            let mut tokens = line.split(' ').map(str::to_owned);
-            let (service, method) = (tokens.next().unwrap_or_default(), tokens.next().unwrap_or_default());
-            let t = Instant::now();
-            let reply = client.call(Request::new(service, method, Args::Text(tokens.collect()))).await;
-            (i, line, expect, reply.map(|r| r.into_text()), t.elapsed())
-        });
-    }
-    let (mut results, mut errors, mut unexpected) = (0, 0, Vec::new());
-    while let Some(joined) = crowd.join_next().await {
-        let (i, line, expect, reply, took) = joined.map_err(std::io::Error::other)?;
-        let shown = match &reply {
-            Ok(text) => text.clone(),
-            Err(e) => format!("ERROR {}: {e}", e.kind()),
-        };
-        print(format!("task {:>3}  {line:<34} -> {shown}  ({:.1} ms)", i + 1, took.as_secs_f64() * 1000.0));
-        let as_expected = match (&expect, &reply) {
-            (Expect::Text(want), Ok(text)) => text == want,
-            (Expect::Class(class), Ok(text)) => {
-                serde_json::from_str::<services::Prediction>(text).is_ok_and(|p| p.class == *class)
-            }
-            (Expect::Anything, Ok(_)) => true,
-            (Expect::Error(kind, code), Err(e)) => {
-                e.kind() == *kind
-                    && code.map_or(true, |c| matches!(e, rpc::RpcError::Handler { code: Some(got), .. } if got == c))
-            }
-            _ => false,
-        };
-        match reply {
-            Ok(_) => results += 1,
-            Err(_) => errors += 1,
-        }
-        if !as_expected {
-            unexpected.push(format!("task {}: {line} -> {shown} (expected {expect:?})", i + 1));
-        }
-    }
-    let wall = started.elapsed();
-    let consumers = producer.stats();
+    let call = |line: &'static str| async move {
+        // Each task is its own external client with its own connection.
+        let client = TcpTransport::new(gateway);
+        let (service, method, tokens) = split_line(line);
+        client.call(Request::new(service, method, Args::Text(tokens))).await.map(Reply::into_text)
+    };
+    let tally = crowd(TransportKind::Tcp, tasks, call, &mut print).await.map_err(std::io::Error::other)?;
+    let consumers = producer
+        .stats()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| WorkerStats {
+            name: format!("consumer {} at {}", i + 1, c.addr),
+            served: c.served,
+            failures: Some(c.failures),
+        })
+        .collect();
 
     for stop in stops {
         let _ = stop.send(());
@@ -194,21 +320,140 @@ pub async fn demo(consumers: usize, tasks: usize, mut print: impl FnMut(String))
     while let Some(done) = servers.join_next().await {
         done.map_err(std::io::Error::other)??;
     }
-    Ok(Summary { tasks, results, errors, unexpected, wall, consumers })
+    Ok(Summary {
+        transport: TransportKind::Tcp,
+        tasks,
+        results: tally.results,
+        errors: tally.errors,
+        unexpected: tally.unexpected,
+        unrouted: tally.unrouted,
+        wall: tally.wall,
+        consumers,
+    })
 }
 
-/// The example's `main` without the process around it: parses `args`, runs, prints to
-/// stdout, and returns the exit code.
-pub async fn run(cli: Cli) -> ExitCode {
-    if cli.transport == TransportKind::Amqp {
-        eprintln!("calculator: --transport amqp is not yet available");
-        return ExitCode::from(2);
+/// Why the AMQP demo could not run (the broker is unreachable or refused the set-up).
+pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service that counts the requests its worker takes: the broker, not the client, decides
+/// which worker gets which request, so each worker keeps its own tally.
+struct Counted<S> {
+    inner: Arc<S>,
+    served: Arc<AtomicU64>,
+}
+
+impl<S: Service> Service for Counted<S> {
+    fn info(&self) -> &'static ServiceInfo {
+        self.inner.info()
     }
-    println!(
-        "starting {} consumers and a producer on 127.0.0.1, then {} tasks from a crowd of clients",
-        cli.consumers, cli.tasks
-    );
-    match demo(cli.consumers, cli.tasks, |line| println!("{line}")).await {
+
+    fn call(
+        self: Arc<Self>,
+        method: &str,
+        args: Args,
+        ctx: &CallContext,
+    ) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
+        // Counted before decoding: a request refused for its arguments is answered too.
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Arc::clone(&self.inner).call(method, args, ctx)
+    }
+}
+
+/// `builder.connect(url)`, failing after [`CONNECT_TIMEOUT`] when the broker does not answer.
+async fn connect(builder: rpc::amqp::RpcBuilder, url: &str) -> Result<Rpc, DemoError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, builder.connect(url)).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(format!(
+            "cannot connect to {}: no answer within {} s",
+            rpc::amqp::wire::redact_url(url),
+            CONNECT_TIMEOUT.as_secs()
+        )
+        .into()),
+    }
+}
+
+/// A crowd line as a named-argument request, using the methods' metadata in `catalogue`.
+///
+/// # Errors
+/// [`RpcError::ArgumentCount`] when the line has the wrong number of tokens for its method.
+fn named_request(line: &str, catalogue: &[&'static ServiceInfo]) -> Result<Request, RpcError> {
+    let (service, method, tokens) = split_line(line);
+    let info = catalogue.iter().find(|s| s.name == service).and_then(|s| s.method(&method));
+    let args = match info {
+        Some(info) => Args::text_to_named(info, tokens)?,
+        // Without the method's metadata its tokens cannot be named: the request goes out
+        // without them, and whoever serves the routing key answers (nobody, for the
+        // repertoire's unknown method: the broker returns it as unroutable).
+        None => rpc::kwargs! {},
+    };
+    Ok(Request::new(service, method, args))
+}
+
+/// Starts `workers` server workers on the broker at `url` (each its own `Rpc` and
+/// connection, serving `Calculator` and `NeuralNet`), runs `tasks` tasks through one client
+/// `Rpc` concurrently, closes everything gracefully, and returns the summary. Each finished
+/// task's line goes to `print`.
+///
+/// # Errors
+/// When the broker cannot be reached or refuses to set up a worker or the client; whatever
+/// was started is closed first.
+pub async fn demo_amqp(
+    url: &str,
+    workers: usize,
+    tasks: usize,
+    mut print: impl FnMut(String),
+) -> Result<Summary, DemoError> {
+    let neural_net = services::NeuralNet::shared();
+    let catalogue = [services::Calculator.info(), neural_net.info()];
+    let mut started: Vec<Rpc> = Vec::new();
+    let outcome = async {
+        let mut counters = Vec::new();
+        for i in 1..=workers {
+            let name = format!("calculator example worker {i}");
+            let rpc = connect(Rpc::builder().connection_name(&name), url).await?;
+            started.push(rpc.clone());
+            let served = Arc::new(AtomicU64::new(0));
+            rpc.serve(Counted { inner: Arc::new(services::Calculator), served: Arc::clone(&served) }).await?;
+            rpc.serve(Counted { inner: Arc::new(neural_net.clone()), served: Arc::clone(&served) }).await?;
+            counters.push((format!("worker {i} (connection '{name}')"), served));
+        }
+        let client = connect(Rpc::builder().connection_name("calculator example client"), url).await?;
+        started.push(client.clone());
+
+        let call = |line: &'static str| {
+            let (client, request) = (client.clone(), named_request(line, &catalogue));
+            async move { Transport::call(&client, request?).await.map(Reply::into_text) }
+        };
+        let tally = crowd(TransportKind::Amqp, tasks, call, &mut print).await?;
+        Ok::<_, DemoError>((tally, counters))
+    }
+    .await;
+    // The client first (nothing is pending), then each worker: `close` answers what it took.
+    let mut closed = Ok(());
+    for rpc in started.iter().rev() {
+        closed = closed.and(rpc.close().await);
+    }
+    let (tally, counters) = outcome?;
+    closed?;
+    let consumers = counters
+        .into_iter()
+        .map(|(name, served)| WorkerStats { name, served: served.load(Ordering::Relaxed), failures: None })
+        .collect();
+    Ok(Summary {
+        transport: TransportKind::Amqp,
+        tasks,
+        results: tally.results,
+        errors: tally.errors,
+        unexpected: tally.unexpected,
+        unrouted: tally.unrouted,
+        wall: tally.wall,
+        consumers,
+    })
+}
+
+/// Prints `summary` and turns it into the exit code.
+fn finish(summary: Result<Summary, String>) -> ExitCode {
+    match summary {
         Ok(summary) => {
             print!("{}", summary.render());
             if summary.unexpected.is_empty() {
@@ -224,10 +469,38 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The AMQP half of [`run`], on the broker at `url`.
+pub async fn run_amqp(url: &str, workers: usize, tasks: usize) -> ExitCode {
+    println!(
+        "starting {workers} server workers on RabbitMQ at {}, then {tasks} tasks from a crowd of clients \
+         sharing one client connection",
+        rpc::amqp::wire::redact_url(url)
+    );
+    let summary = demo_amqp(url, workers, tasks, |line| println!("{line}")).await;
+    finish(summary.map_err(|e| e.to_string()))
+}
+
+/// The example's `main` without the process around it: runs `cli`, prints to stdout, and
+/// returns the exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    if cli.transport == TransportKind::Amqp {
+        let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| DEFAULT_RABBITMQ_URL.into());
+        return run_amqp(&url, cli.consumers, cli.tasks).await;
+    }
+    println!(
+        "starting {} consumers and a producer on 127.0.0.1, then {} tasks from a crowd of clients",
+        cli.consumers, cli.tasks
+    );
+    let summary = demo(cli.consumers, cli.tasks, |line| println!("{line}")).await;
+    finish(summary.map_err(|e| e.to_string()))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // lapin warns of every message the broker returns; the transport turns those into
+    // `unavailable` replies, which the crowd provokes on purpose.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin::returned_messages=error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     run(Cli::parse()).await
 }

@@ -5,7 +5,7 @@
 #    cannot: the AMQP tests never skip);
 # 2. makes a Python venv with aio-pika, the reference peer for the interop tests;
 # 3. runs every Rust test in the workspace (unit, wire, API, end to end, trybuild, doctests);
-# 4. runs the main example exactly as a newcomer does.
+# 4. runs the main example exactly as a newcomer does, and the benchmark in smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +17,5 @@ export RABBITMQ_URL=${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 cargo run --locked --example calculator
+# The benchmark in smoke mode: checks that it runs, never how fast (numbers: BENCHMARKS.md).
+cargo run --locked -p rpc-bench -- all --quick

@@ -13,7 +13,6 @@ mod stats;
 mod tcp;
 
 /// The example services, exactly as users run them.
-#[allow(dead_code)]
 #[path = "../../examples/services/mod.rs"]
 mod services;
 

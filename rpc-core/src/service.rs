@@ -22,7 +22,7 @@ pub trait Service: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`RpcError::UnknownMethod`], an argument error, or the handler's own error. Panics and
-    /// deadlines are handled by the caller of this method ([`crate::guard`]).
+    /// deadlines are handled by the caller of this method ([`guard`](crate::guard::guard)).
     fn call(
         self: Arc<Self>,
         method: &str,

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::message::Delivery;
+use lapin::message::{BasicReturnMessage, Delivery};
 use lapin::options::BasicPublishOptions;
-use lapin::{Confirmation, Consumer};
+use lapin::Consumer;
 use rpc_core::{Args, Reply, RpcError};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -63,6 +63,14 @@ impl Pending {
         self.lock().len()
     }
 
+    /// Fails the call waiting under `id`, if it is still waiting.
+    fn fail(&self, id: &str, error: RpcError) {
+        let waiter = self.lock().remove(id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.tx.send(Err(error));
+        }
+    }
+
     /// Fails every waiting call with `error()`.
     pub(crate) fn fail_all(&self, error: impl Fn() -> RpcError) {
         let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
@@ -89,11 +97,19 @@ impl Pending {
             let _ = tx.send(Err(RpcError::deadline(&target, timeout)));
             return;
         }
-        let codec = props
-            .content_type()
-            .as_ref()
-            .and_then(|ct| Codec::from_content_type(ct.as_str()))
-            .unwrap_or(codec);
+        // A reply without a content type is read in the call's codec; one in a content type we
+        // do not speak is refused rather than guessed at (a guess can yield a wrong value).
+        let codec = match props.content_type().as_ref() {
+            None => codec,
+            Some(ct) => match Codec::from_content_type(ct.as_str()) {
+                Some(codec) => codec,
+                None => {
+                    let reason = format!("{target}: reply in unsupported content type '{ct}'");
+                    let _ = tx.send(Err(RpcError::protocol(reason)));
+                    return;
+                }
+            },
+        };
         let body = || {
             codec
                 .decode(&delivery.data)
@@ -192,27 +208,43 @@ async fn publish_and_wait(
     match tokio::time::timeout_at(deadline, publish).await {
         Err(_) => return Err(RpcError::deadline(method, timeout)),
         Ok(Err(e)) => return Err(RpcError::transport(format!("{method}: publishing the request: {e}"), e)),
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-            return Err(RpcError::Unavailable {
-                target: method.to_owned(),
-                reason: format!(
-                    "no queue is bound to routing key '{method}' (the broker returned the request: {} {})",
-                    returned.reply_code, returned.reply_text
-                ),
-            })
+        Ok(Ok(confirmation)) => {
+            let nack = confirmation.is_nack();
+            if let Some(returned) = confirmation.take_message() {
+                let owner = returned.delivery.properties.correlation_id().as_ref().map(|id| id.as_str().to_owned());
+                let error = unroutable(&returned);
+                match owner {
+                    // When the broker confirms several publishes at once, lapin may hand a
+                    // returned message to another publish's confirmation: the message's own
+                    // correlation id says whose call it was.
+                    Some(owner) if owner != correlation_id => shared.pending.fail(&owner, error),
+                    _ => return Err(error),
+                }
+            }
+            if nack {
+                return Err(RpcError::Unavailable {
+                    target: method.to_owned(),
+                    reason: "the broker refused the request (nack)".into(),
+                });
+            }
         }
-        Ok(Ok(Confirmation::Nack(_))) => {
-            return Err(RpcError::Unavailable {
-                target: method.to_owned(),
-                reason: "the broker refused the request (nack)".into(),
-            })
-        }
-        Ok(Ok(_)) => {}
     }
     match tokio::time::timeout_at(deadline, rx).await {
         Err(_) => Err(RpcError::deadline(method, timeout)),
         Ok(Ok(outcome)) => outcome,
         // The waiter went away unanswered: only when the `Rpc` is torn down.
         Ok(Err(_)) => Err(RpcError::Closed),
+    }
+}
+
+/// The error for a request the broker returned (`mandatory` and no queue bound).
+fn unroutable(returned: &BasicReturnMessage) -> RpcError {
+    let key = returned.delivery.routing_key.as_str();
+    RpcError::Unavailable {
+        target: key.to_owned(),
+        reason: format!(
+            "no queue is bound to routing key '{key}' (the broker returned the request: {} {})",
+            returned.reply_code, returned.reply_text
+        ),
     }
 }

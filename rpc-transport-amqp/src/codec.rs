@@ -77,17 +77,27 @@ impl Codec {
     /// Decodes a body into a value.
     ///
     /// # Errors
-    /// When the bytes are not one valid value of this codec (including MessagePack maps with
-    /// non-string keys and binary blobs, which have no JSON form), or nest deeper than
-    /// [`MAX_DEPTH`].
+    /// When the bytes are not exactly one valid value of this codec (trailing bytes are
+    /// refused; so are MessagePack maps with non-string keys and binary blobs, which have no
+    /// JSON form), or nest deeper than [`MAX_DEPTH`].
     pub fn decode(self, bytes: &[u8]) -> Result<Value, CodecError> {
         let decoded = match self {
             Codec::MsgPack => {
-                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                let mut rest = bytes;
+                let mut de = rmp_serde::Deserializer::new(&mut rest);
                 // rmp-serde's default (1024) overflows a 2 MiB stack in debug builds: a hostile
                 // body must not abort the process. serde_json stops at 128 too.
                 de.set_max_depth(MAX_DEPTH);
-                serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| e.to_string())
+                let value: Result<Value, String> =
+                    serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| e.to_string());
+                drop(de);
+                // One value and nothing after it, as serde_json demands: otherwise any body
+                // whose first byte happens to be a valid value (JSON's `{` is the integer 123)
+                // would pass for MessagePack.
+                match value {
+                    Ok(_) if !rest.is_empty() => Err(format!("{} bytes after the value", rest.len())),
+                    other => other,
+                }
             }
             Codec::Json => serde_json::from_slice::<Value>(bytes).map_err(|e| e.to_string()),
         };
@@ -191,6 +201,15 @@ mod tests {
             assert!(codec.decode(b"\xc1\xff not a body").is_err(), "{codec:?}");
             assert!(codec.decode(b"").is_err(), "{codec:?}");
         }
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_value_are_refused_in_both_codecs() {
+        // JSON text read as MessagePack: `"` is the integer 34, and the rest must not be ignored.
+        assert!(Codec::MsgPack.decode(br#""a string""#).is_err());
+        assert!(Codec::MsgPack.decode(&[0x01, 0x02]).is_err());
+        assert!(Codec::Json.decode(b"1 2").is_err());
+        assert_eq!(Codec::MsgPack.decode(&[0x01]).unwrap(), serde_json::json!(1));
     }
 
     #[test]

@@ -8,6 +8,8 @@ use crate::Codec;
 
 /// Default limit on a request or reply body: 8 MiB.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
+/// Default limit on opening a connection: 30 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default number of unacknowledged requests a server takes from each method queue.
 pub const DEFAULT_PREFETCH: u16 = 32;
 
@@ -33,6 +35,10 @@ pub struct RpcConfig {
     pub reconnect_delay: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// How long opening a connection (TCP, TLS and the AMQP handshake) may take before the
+    /// attempt counts as failed (30 s), for `connect` and every reconnection attempt: a peer
+    /// that accepts the TCP connection and then says nothing must not stall it forever.
+    pub connect_timeout: Duration,
     /// How long [`Rpc::close`](crate::Rpc::close) waits for in-flight requests to be
     /// answered before closing anyway.
     pub shutdown_grace: Duration,
@@ -51,6 +57,7 @@ impl Default for RpcConfig {
             blocking_pool: BlockingPool::default(),
             reconnect_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: Duration::from_secs(30),
             connection_name: None,
         }

@@ -19,6 +19,17 @@ pub enum Error {
         source: lapin::Error,
     },
 
+    /// Opening the connection (TCP, TLS, AMQP handshake) took longer than
+    /// [`RpcConfig::connect_timeout`](crate::RpcConfig::connect_timeout), e.g. a peer that
+    /// accepts TCP connections and never answers.
+    #[error("cannot connect to {url}: the connection was not open after {} ms (TCP, TLS or AMQP handshake)", timeout.as_millis())]
+    ConnectTimeout {
+        /// The broker URL, password redacted.
+        url: String,
+        /// The limit that passed.
+        timeout: std::time::Duration,
+    },
+
     /// The broker refused an operation (a declaration, a consume, a cancel...).
     #[error("{action}: {source}")]
     Broker {

@@ -102,9 +102,14 @@ impl Link {
             Some(name) => properties.with_connection_name(name.as_str().into()),
             None => properties,
         };
-        let connection = Connection::connect(url, properties)
-            .await
-            .map_err(|source| Error::Connect { url: redacted.clone(), source })?;
+        // lapin has no handshake timeout: a peer that accepts TCP and stays silent would hold
+        // `connect`, and with it the reconnection loop, forever. (lapin's I/O thread for the
+        // abandoned attempt ends when that peer closes the socket.)
+        let connecting = tokio::time::timeout(config.connect_timeout, Connection::connect(url, properties));
+        let connection = match connecting.await {
+            Ok(connected) => connected.map_err(|source| Error::Connect { url: redacted.clone(), source })?,
+            Err(_) => return Err(Error::ConnectTimeout { url: redacted, timeout: config.connect_timeout }),
+        };
         let client = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
         let server = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
         Self::setup(Some(connection), client, server, config, generation).await

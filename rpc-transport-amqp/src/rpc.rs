@@ -118,6 +118,13 @@ impl RpcBuilder {
         self
     }
 
+    /// Longest time opening a connection may take, for [`RpcBuilder::connect`] and every
+    /// reconnection (30 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
     /// Connection name shown by the broker, for [`RpcBuilder::connect`].
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.config.connection_name = Some(name.into());
@@ -147,7 +154,8 @@ impl RpcBuilder {
     /// An `Rpc` that opens and owns its connection; see [`Rpc::connect`].
     ///
     /// # Errors
-    /// [`Error::Connect`] (password redacted) or [`Error::Broker`].
+    /// [`Error::Connect`] or [`Error::ConnectTimeout`] (password redacted), or
+    /// [`Error::Broker`].
     pub async fn connect(self, url: &str) -> Result<Rpc, Error> {
         let shared = Shared::new(self.config, Some((url.to_owned(), self.properties)));
         let generation = shared.next_generation();
@@ -180,7 +188,8 @@ impl Rpc {
     /// for serving) and reconnects by itself when it is lost.
     ///
     /// # Errors
-    /// [`Error::Connect`] (password redacted) or [`Error::Broker`].
+    /// [`Error::Connect`] or [`Error::ConnectTimeout`] (password redacted), or
+    /// [`Error::Broker`].
     pub async fn connect(url: &str) -> Result<Rpc, Error> {
         Self::builder().connect(url).await
     }

@@ -110,6 +110,11 @@ pub(crate) async fn exchange(
         Ok(Err(e)) => return Err(ExchangeError::Connect(addr, e)),
         Err(_) => return Err(ExchangeError::ConnectTimeout(addr, connect_timeout)),
     };
+    if connected_to_itself(&stream, addr) {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connected to itself: nothing listens there");
+        return Err(ExchangeError::Connect(addr, refused));
+    }
     let _ = stream.set_nodelay(true);
     stream.write_all(line).await.map_err(|e| ExchangeError::Io(addr, e))?;
     let mut reply = Vec::new();
@@ -120,4 +125,34 @@ pub(crate) async fn exchange(
         return Err(ExchangeError::TooLarge(addr, max_reply));
     }
     Ok(reply)
+}
+
+/// Whether connecting to `addr` connected the socket to itself.
+///
+/// When nothing listens on a loopback port inside the ephemeral range (a consumer that died,
+/// bound to port 0), the kernel can pick that very port as the source and complete a TCP
+/// simultaneous open with itself. The socket then reads back its own request and never sees an
+/// end of stream: the call would hang to its deadline instead of failing over at once.
+fn connected_to_itself(stream: &TcpStream, addr: SocketAddr) -> bool {
+    stream.local_addr().is_ok_and(|local| local == addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_connected_to_itself_is_recognised() {
+        // Bind, then connect to the bound address: a TCP simultaneous open with itself.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        assert!(connected_to_itself(&stream, addr));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        assert!(!connected_to_itself(&other, listener.local_addr().unwrap()));
+    }
 }

@@ -5,7 +5,16 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::frame::DEFAULT_MAX_LINE;
+
+/// The instant `duration` from now. A duration too long to represent (`Duration::MAX`, meaning
+/// "no limit") gives an instant decades away instead of panicking.
+pub(crate) fn deadline_after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration).unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+}
 
 /// Limits a server applies to every connection, the same for Consumers and the Producer.
 #[derive(Debug, Clone)]
@@ -22,8 +31,8 @@ pub struct Limits {
     /// Connections served at once. Default 1024.
     ///
     /// A connection beyond it is accepted and waits up to 2 s for a slot. To make room, the
-    /// connection that has waited longest for its request line is evicted, if it has been
-    /// silent for at least 1 s (it is answered `ERROR overloaded: ... closed to make room`), so
+    /// connection that has waited longest for its request line is evicted, if it has held its
+    /// slot for at least 1 s without completing a request (it is answered `ERROR overloaded: ... closed to make room`), so
     /// a flood of idle connections cannot keep working clients out. When no slot frees in
     /// time the newcomer is answered `ERROR overloaded: ... too many connections` and closed.
     /// At most as many connections as this limit (and at least 64) wait at once; beyond that

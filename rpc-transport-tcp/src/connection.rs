@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::timeout_at;
 
+use crate::config::deadline_after;
 use crate::frame::{Decoded, LineDecoder, RequestLine};
 use crate::Error;
 
@@ -57,7 +58,7 @@ impl Connection {
     /// [`Error::ReadTimeout`], [`Error::TooLong`] as soon as the limit is passed (reading
     /// stops there), the parse errors of [`RequestLine::parse`], and [`Error::Io`].
     pub async fn read_request(&mut self, max_line: usize, timeout: Duration) -> Result<RequestLine, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut decoder = LineDecoder::new(max_line);
         loop {
             if let Decoded::Complete(line) = decoder.decode(&self.buffer, self.eof)? {
@@ -65,7 +66,7 @@ impl Connection {
                 return Ok(line);
             }
             // `decode` returned Incomplete, so the buffer is within the limit and eof is false.
-            let want = (max_line + 1 - self.buffer.len()).min(CHUNK);
+            let want = (max_line.saturating_add(1) - self.buffer.len()).min(CHUNK);
             self.buffer.reserve(want);
             // `read_buf` appends only what was read, so dropping this future loses nothing.
             let mut limited = (&mut self.stream).take(want as u64);
@@ -111,7 +112,7 @@ impl Connection {
     /// destroy the reply the client has not read yet; draining first lets the reply arrive.
     /// Memory stays at one chunk.
     pub async fn linger(mut self, duration: Duration) {
-        let deadline = Instant::now() + duration;
+        let deadline = deadline_after(duration);
         self.buffer.clear();
         self.buffer.resize(CHUNK, 0);
         while let Ok(Ok(n)) = timeout_at(deadline, self.stream.read(&mut self.buffer)).await {

@@ -61,7 +61,7 @@ impl LineDecoder {
     /// caller never needs to buffer more than `max_line + 1` bytes), and the parse errors of
     /// [`RequestLine::parse`].
     pub fn decode(&mut self, buf: &[u8], eof: bool) -> Result<Decoded<RequestLine>, Error> {
-        let window = buf.len().min(self.max_line + 1);
+        let window = buf.len().min(self.max_line.saturating_add(1));
         let start = self.scanned.min(window);
         if let Some(i) = buf[start..window].iter().position(|&b| b == b'\n') {
             self.scanned = 0;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::client::exchange;
-use crate::config::ProducerConfig;
+use crate::config::{deadline_after, ProducerConfig};
 use crate::error::fmt_duration;
 use crate::frame::{self, ParsedReply, RequestLine};
 use crate::server::{self, Respond};
@@ -184,7 +184,7 @@ impl Inner {
     async fn forward(&self, line: &RequestLine, timeout: Duration) -> Result<Forwarded, RpcError> {
         let target = line.target();
         let bytes = line.encode();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut tried: Vec<(usize, String)> = Vec::new();
         while let Some(index) = self.pick(&tried) {
             let backend = &self.backends[index];
@@ -267,7 +267,7 @@ impl Backend {
 
     fn mark_down(&self, backoff: Duration) {
         if let Ok(mut until) = self.down_until.lock() {
-            *until = Some(Instant::now() + backoff);
+            *until = Some(deadline_after(backoff));
         }
     }
 

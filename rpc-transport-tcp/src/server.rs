@@ -2,8 +2,8 @@
 //! connection, the read limits, graceful shutdown. What to answer is the [`Respond`]er's job.
 //!
 //! At the connection cap a new connection waits briefly for a slot, and makes room by evicting
-//! the connection that has waited longest for its request line, provided it has been silent for
-//! at least [`EVICT_MIN_AGE`]: a flood of idle connections then cannot keep working clients
+//! the connection that has waited longest for its request line, provided it has held its slot for
+//! at least [`EVICT_MIN_AGE`] (sending nothing, or trickling bytes): a flood of idle connections then cannot keep working clients
 //! out for longer than about that.
 
 use std::collections::BTreeMap;
@@ -34,7 +34,8 @@ const SLOT_WAIT: Duration = Duration::from_secs(2);
 /// How often a waiting connection retries eviction.
 const SLOT_POLL: Duration = Duration::from_millis(100);
 
-/// A connection silent for less than this is never evicted (capped at the read timeout).
+/// A connection that has held its slot for less than this is never evicted (capped at the read
+/// timeout).
 pub(crate) const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 
 /// Longest linger, and longest write, for a connection turned away.
@@ -124,16 +125,18 @@ pub(crate) async fn serve<R: Respond>(
     let local = listener.local_addr()?;
     tracing::info!(role, %local, max_connections = limits.max_connections, "serving");
     let (stop_tx, stop_rx) = watch::channel(false);
+    // `usize::MAX` means "no cap"; a semaphore holds at most `MAX_PERMITS` (and panics beyond).
+    let cap = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
         role,
         local,
-        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        slots: Arc::new(Semaphore::new(cap)),
         limits,
         responder,
         idle: Mutex::new(Idle::default()),
         stop: stop_rx,
     });
-    let pending = Arc::new(Semaphore::new(shared.limits.max_connections.max(MIN_PENDING_SLOTS)));
+    let pending = Arc::new(Semaphore::new(cap.max(MIN_PENDING_SLOTS)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
 

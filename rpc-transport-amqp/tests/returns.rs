@@ -1,0 +1,61 @@
+//! Returned (unroutable) requests are blamed on the call they belong to, even when the broker
+//! confirms many publishes at once and lapin hands the return to another confirmation.
+
+mod common;
+
+use std::time::Duration;
+
+use rpc_core::{kwargs, RpcError};
+use rpc_transport_amqp::{CallOptions, Rpc};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Double {
+    x: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_calls_mixed_with_served_ones_each_get_their_own_outcome() {
+    let url = common::url();
+    let server = Rpc::connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let served = common::unique("returns.served");
+    let missing = common::unique("returns.missing");
+    server
+        .register_async(&served, |d: Double| async move { Ok::<_, std::convert::Infallible>(d.x * 2) })
+        .await
+        .expect("register");
+
+    // Several rounds of a burst: batches of confirms are what exposed the misattribution.
+    for round in 0..4 {
+        let calls = (0..300i64).map(|i| {
+            let client = client.clone();
+            let (served, missing) = (served.clone(), missing.clone());
+            async move {
+                let options = CallOptions::new().timeout(Duration::from_secs(20));
+                if i % 10 == 0 {
+                    let started = std::time::Instant::now();
+                    let r = client.call_with::<i64>(&missing, kwargs! {"x" => i}, options).await;
+                    (i, true, r, started.elapsed())
+                } else {
+                    let started = std::time::Instant::now();
+                    let r = client.call_with::<i64>(&served, kwargs! {"x" => i}, options).await;
+                    (i, false, r, started.elapsed())
+                }
+            }
+        });
+        for (i, unroutable, result, took) in futures_util::future::join_all(calls).await {
+            if unroutable {
+                match result {
+                    Err(RpcError::Unavailable { target, .. }) => assert_eq!(target, missing, "round {round} call {i}"),
+                    other => panic!("round {round}: unroutable call {i} got {other:?} after {took:?}"),
+                }
+                assert!(took < Duration::from_secs(10), "round {round}: unroutable call {i} took {took:?}");
+            } else {
+                assert_eq!(result.unwrap_or_else(|e| panic!("round {round}: served call {i} failed: {e}")), i * 2);
+            }
+        }
+    }
+    client.close().await.expect("client closes");
+    server.close().await.expect("server closes");
+}
