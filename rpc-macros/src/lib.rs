@@ -1,8 +1,8 @@
 //! `#[rpc_service]`: turns an inherent `impl` block into an RPC service and a typed client.
 //!
-//! Layout: [`model`] parses the impl block into a typed model (keeping the user's tokens for
-//! spans), [`validate`] checks what the parser alone cannot (duplicates, reserved names), and
-//! [`expand`] writes the generated items, one function each. Every error points at the user's
+//! Layout: `model.rs` parses the impl block into a typed model (keeping the user's tokens for
+//! spans), `validate.rs` checks what the parser alone cannot (duplicates, reserved names), and
+//! `expand.rs` writes the generated items, one function each. Every error points at the user's
 //! own tokens, all are reported at once, and the user's impl is re-emitted unchanged beside
 //! them so one mistake does not cascade.
 #![deny(missing_docs)]
