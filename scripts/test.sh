@@ -4,7 +4,8 @@
 # 1. makes sure a RabbitMQ broker is reachable (starts or installs one; fails loudly if it
 #    cannot: the AMQP tests never skip);
 # 2. makes a Python venv with aio-pika, the reference peer for the interop tests;
-# 3. runs every Rust test in the workspace (unit, wire, API, end to end, trybuild, doctests);
+# 3. runs every Rust test in the workspace (unit, wire, API, end to end, trybuild, doctests),
+#    then the broker-restart reliability test alone;
 # 4. runs the main example exactly as a newcomer does, and the benchmark in smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ export RABBITMQ_URL=${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# Restarts the broker under load, so it runs alone, after everything else that uses it
+# (it is `test = false` in Cargo.toml, so the line above does not run it).
+cargo test --locked --test reliability_broker_restart -- --test-threads=1
 cargo run --locked --example calculator
 # The benchmark in smoke mode: checks that it runs, never how fast (numbers: BENCHMARKS.md).
 cargo run --locked -p rpc-bench -- all --quick
