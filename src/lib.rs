@@ -7,6 +7,8 @@
 //! - [`tcp`] (`rpc-transport-tcp`): the seed's text protocol, Consumers and the Producer;
 //! - [`amqp`] (`rpc-transport-amqp`): request/reply over RabbitMQ.
 #![deny(missing_docs)]
+// The README's examples are compiled (and the TCP one run) as this crate's doctests.
+#![doc = include_str!("../README.md")]
 
 pub use rpc_core as core;
 pub use rpc_core::{kwargs, Args, Registry, Reply, Request, RpcError, Service, Transport};
