@@ -58,6 +58,8 @@ fn unique(name: &str) -> String {
 struct Framework {
     server: Rpc,
     client: Rpc,
+    /// The same, with publisher confirms off (`RpcBuilder::publisher_confirms(false)`).
+    unconfirmed: Rpc,
     multiply: String,
     echo: String,
 }
@@ -66,6 +68,8 @@ impl Framework {
     async fn start() -> Self {
         let server = Rpc::builder().prefetch(PREFETCH).connect(&url()).await.expect("server connects");
         let client = Rpc::connect(&url()).await.expect("client connects");
+        let unconfirmed =
+            Rpc::builder().publisher_confirms(false).connect(&url()).await.expect("unconfirmed client connects");
         let (multiply, echo) = (unique("multiply"), unique("echo"));
         server
             .register_async(&multiply, |m: Multiply| async move { Ok::<_, std::convert::Infallible>(m.a * m.b) })
@@ -75,7 +79,15 @@ impl Framework {
             .register_async(&echo, |e: Echo| async move { Ok::<_, std::convert::Infallible>(e.data.len()) })
             .await
             .expect("register echo");
-        Framework { server, client, multiply, echo }
+        Framework { server, client, unconfirmed, multiply, echo }
+    }
+}
+
+impl Framework {
+    async fn close(&self) {
+        let _ = self.client.close().await;
+        let _ = self.unconfirmed.close().await;
+        let _ = self.server.close().await;
     }
 }
 
@@ -183,16 +195,19 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
     let floor = rt.block_on(Floor::start());
     let mut out = Vec::new();
     for &concurrency in &[1usize, 64] {
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        let (mut ours, mut unconfirmed, mut raw) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.reps {
-            let f = Arc::clone(&framework);
-            ours.push(measure(&rt, concurrency, settings, move |w, i| {
-                let f = Arc::clone(&f);
-                async move {
-                    let a = (w as i64) * 1_000_000 + i as i64;
-                    f.client.call::<i64>(&f.multiply, kwargs! {"a" => a, "b" => 3}).await.ok() == Some(a * 3)
-                }
-            }));
+            for (confirms, runs) in [(true, &mut ours), (false, &mut unconfirmed)] {
+                let f = Arc::clone(&framework);
+                runs.push(measure(&rt, concurrency, settings, move |w, i| {
+                    let f = Arc::clone(&f);
+                    async move {
+                        let a = (w as i64) * 1_000_000 + i as i64;
+                        let client = if confirms { &f.client } else { &f.unconfirmed };
+                        client.call::<i64>(&f.multiply, kwargs! {"a" => a, "b" => 3}).await.ok() == Some(a * 3)
+                    }
+                }));
+            }
             let fl = floor.clone();
             raw.push(measure(&rt, concurrency, settings, move |_, _| {
                 let fl = fl.clone();
@@ -201,11 +216,9 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
         }
         out.push(Summary::of("(d) raw lapin floor", concurrency, &raw));
         out.push(Summary::of("rpc.call multiply", concurrency, &ours));
+        out.push(Summary::of("rpc.call multiply, publisher confirms off", concurrency, &unconfirmed));
     }
-    rt.block_on(async {
-        let _ = framework.client.close().await;
-        let _ = framework.server.close().await;
-    });
+    rt.block_on(framework.close());
     out
 }
 
@@ -226,10 +239,7 @@ pub fn payload_growth(settings: &Settings) -> Vec<Summary> {
         }
         out.push(Summary::of(&format!("rpc.call echo {label}"), 1, &runs));
     }
-    rt.block_on(async {
-        let _ = framework.client.close().await;
-        let _ = framework.server.close().await;
-    });
+    rt.block_on(framework.close());
     out
 }
 

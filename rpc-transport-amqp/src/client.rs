@@ -146,6 +146,28 @@ pub(crate) async fn reply_loop(shared: Arc<Shared>, link: Arc<Link>, mut replies
     }
 }
 
+/// Without publisher confirms, lapin keeps returned messages until `wait_for_confirms` drains
+/// them (it resolves at once when no confirm is pending), so the link polls it; each returned
+/// request fails its own call, found by its correlation id.
+pub(crate) async fn return_loop(shared: Arc<Shared>, link: Arc<Link>) {
+    let mut tick = tokio::time::interval(crate::config::RETURN_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.is_closing() || !shared.is_live(link.generation) {
+            return;
+        }
+        // A dead channel is noticed (and reported) by the reply loop.
+        let Ok(returned) = link.client.wait_for_confirms().await else { return };
+        for message in returned {
+            match message.delivery.properties.correlation_id() {
+                Some(id) => shared.pending.fail(id.as_str(), unroutable(&message)),
+                None => debug!(routing_key = %message.delivery.routing_key, "returned message without correlation id dropped"),
+            }
+        }
+    }
+}
+
 /// Publishes one request to routing key `method` and waits for its reply.
 pub(crate) async fn call(shared: &Arc<Shared>, method: &str, args: Args, options: CallOptions) -> Result<Reply, RpcError> {
     let timeout = options.timeout.unwrap_or(shared.config.timeout);

@@ -127,10 +127,12 @@ impl Link {
         config: &RpcConfig,
         generation: u64,
     ) -> Result<(Link, Consumer), Error> {
-        client
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| Error::broker("enabling publisher confirms", e))?;
+        if config.publisher_confirms {
+            client
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| Error::broker("enabling publisher confirms", e))?;
+        }
         // The serving channel of `connect` publishes replies without confirms: the broker
         // handles a channel's frames in order, so the ack that follows a reply still means
         // "the reply was routed first", and the broker saves a confirm per call. A channel

@@ -118,6 +118,12 @@ impl RpcBuilder {
         self
     }
 
+    /// Whether calls use publisher confirms ([`RpcConfig::publisher_confirms`], on by default).
+    pub fn publisher_confirms(mut self, on: bool) -> Self {
+        self.config.publisher_confirms = on;
+        self
+    }
+
     /// Longest time opening a connection may take, for [`RpcBuilder::connect`] and every
     /// reconnection (30 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -440,6 +446,11 @@ impl Shared {
     }
 
     /// The live link, for a call.
+    /// Whether `generation` is the live link.
+    pub(crate) fn is_live(&self, generation: u64) -> bool {
+        matches!(&*self.lock_state(), State::Up(link) if link.generation == generation)
+    }
+
     pub(crate) fn link(&self) -> Result<Arc<Link>, RpcError> {
         match &*self.lock_state() {
             State::Up(link) => Ok(Arc::clone(link)),
@@ -478,6 +489,9 @@ impl Shared {
         }
         // Up before the reply loop starts, so a link dying at once is seen as lost.
         tokio::spawn(client::reply_loop(Arc::clone(self), Arc::clone(&link), replies));
+        if !self.config.publisher_confirms {
+            tokio::spawn(client::return_loop(Arc::clone(self), Arc::clone(&link)));
+        }
         for (name, handler) in self.handlers() {
             if let Err(e) = self.start_serving(&link, &name, handler).await {
                 warn!(method = %name, error = %e, "cannot consume a method queue after (re)connecting");

@@ -1,5 +1,6 @@
 //! Returned (unroutable) requests are blamed on the call they belong to, even when the broker
-//! confirms many publishes at once and lapin hands the return to another confirmation.
+//! confirms many publishes at once and lapin hands the return to another confirmation, and
+//! when publisher confirms are off.
 
 mod common;
 
@@ -16,9 +17,18 @@ struct Double {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_calls_mixed_with_served_ones_each_get_their_own_outcome() {
+    mixed_burst(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_publisher_confirms_unroutable_calls_still_fail_at_once_with_unavailable() {
+    mixed_burst(false).await;
+}
+
+async fn mixed_burst(publisher_confirms: bool) {
     let url = common::url();
     let server = Rpc::connect(&url).await.expect("server connects");
-    let client = Rpc::connect(&url).await.expect("client connects");
+    let client = Rpc::builder().publisher_confirms(publisher_confirms).connect(&url).await.expect("client connects");
     let served = common::unique("returns.served");
     let missing = common::unique("returns.missing");
     server
