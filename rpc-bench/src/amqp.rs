@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rpc_core::kwargs;
@@ -138,7 +136,11 @@ impl Floor {
 
         let channel = client_conn.create_channel().await.expect("channel");
         let reply = channel
-            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await
             .expect("reply queue");
         let reply_queue = reply.name().to_string();
@@ -265,7 +267,8 @@ pub fn held_calls_rss(calls: usize) -> Result<(u64, u64, Duration), String> {
     let rt = runtime("bench-amqp-hold");
     let started = Instant::now();
     let result = rt.block_on(async {
-        let client = Rpc::builder().timeout(Duration::from_secs(120)).connect(&url()).await.map_err(|e| e.to_string())?;
+        let client =
+            Rpc::builder().timeout(Duration::from_secs(120)).connect(&url()).await.map_err(|e| e.to_string())?;
         let calls = (0..calls).map(|i| {
             let client = client.clone();
             let method = method.clone();
@@ -274,7 +277,11 @@ pub fn held_calls_rss(calls: usize) -> Result<(u64, u64, Duration), String> {
         let results = futures_util::future::join_all(calls).await;
         let _ = client.close().await;
         let ok = results.iter().filter(|r| matches!(r, Ok(true))).count();
-        if ok == results.len() { Ok(()) } else { Err(format!("{} of {} held calls failed", results.len() - ok, results.len())) }
+        if ok == results.len() {
+            Ok(())
+        } else {
+            Err(format!("{} of {} held calls failed", results.len() - ok, results.len()))
+        }
     });
     let peak = vm_kb(pid, "VmHWM:").unwrap_or(0);
     let _ = child.kill();

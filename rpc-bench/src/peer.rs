@@ -32,10 +32,8 @@ pub fn run(settings: &Settings) -> Result<Vec<Summary>, String> {
     if !output.status.success() {
         return Err(format!("aio-pika script failed: {}", String::from_utf8_lossy(&output.stderr)));
     }
-    let runs: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let runs: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let mut out = Vec::new();
     for concurrency in [1u64, 64] {
         let mine: Vec<_> = runs.iter().filter(|r| r["concurrency"].as_u64() == Some(concurrency)).collect();

@@ -58,10 +58,7 @@ impl Registry {
     /// As [`Registry::with`].
     pub fn register_arc(&mut self, service: Arc<dyn Service>) -> &mut Self {
         let name = service.info().name;
-        assert!(
-            self.services.insert(name, service).is_none(),
-            "a service named '{name}' is already registered"
-        );
+        assert!(self.services.insert(name, service).is_none(), "a service named '{name}' is already registered");
         self
     }
 

@@ -49,9 +49,7 @@ pub fn from_token<T: DeserializeOwned>(token: &str) -> Result<T, TextError> {
 /// # Errors
 /// When any token is not a valid element; the message quotes it.
 pub fn from_tokens<T: DeserializeOwned, S: AsRef<str>>(tokens: &[S]) -> Result<T, TextError> {
-    let seq = de::value::SeqDeserializer::<_, TextError>::new(
-        tokens.iter().map(|t| Token(t.as_ref())),
-    );
+    let seq = de::value::SeqDeserializer::<_, TextError>::new(tokens.iter().map(|t| Token(t.as_ref())));
     T::deserialize(seq)
 }
 
@@ -98,8 +96,7 @@ impl<'de> de::Deserializer<'de> for Token<'de> {
     /// is JSON, and a string otherwise.
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TextError> {
         match serde_json::from_str::<Value>(self.0) {
-            Ok(value) => de::Deserializer::deserialize_any(value, visitor)
-                .map_err(|e| TextError(e.to_string())),
+            Ok(value) => de::Deserializer::deserialize_any(value, visitor).map_err(|e| TextError(e.to_string())),
             Err(_) => visitor.visit_borrowed_str(self.0),
         }
     }
@@ -182,11 +179,7 @@ impl<'de> de::Deserializer<'de> for Token<'de> {
         self.json(visitor)
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, TextError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, TextError> {
         self.json(visitor)
     }
 
@@ -263,9 +256,7 @@ pub fn to_token(value: &Value) -> Result<String, TextError> {
         return Err(TextError("an empty string cannot be sent as a text token".into()));
     }
     if text.contains([' ', '\n', '\r']) {
-        return Err(TextError(format!(
-            "{text:?} contains a space or line break and cannot be sent as a text token"
-        )));
+        return Err(TextError(format!("{text:?} contains a space or line break and cannot be sent as a text token")));
     }
     Ok(text)
 }

@@ -71,7 +71,11 @@ impl Calculator {
 
     /// A handler error whose code is the type's name.
     pub fn even(n: i64) -> Result<i64, OddError> {
-        if n % 2 == 0 { Ok(n) } else { Err(OddError(n)) }
+        if n % 2 == 0 {
+            Ok(n)
+        } else {
+            Err(OddError(n))
+        }
     }
 
     #[rpc(name = "echo-text")]
@@ -176,7 +180,10 @@ async fn named_values_decode_the_same_methods() {
 #[tokio::test]
 async fn unknown_service_lists_the_known_ones() {
     let err = call_text("calc", "calculate", "1 + 1").await.unwrap_err();
-    assert!(matches!(&err, RpcError::UnknownService { service, known } if service == "calc" && known == &["calculator", "ctr"]), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::UnknownService { service, known } if service == "calc" && known == &["calculator", "ctr"]),
+        "{err:?}"
+    );
     assert_eq!(err.to_string(), "unknown service 'calc' (known: calculator, ctr)");
 }
 
@@ -204,7 +211,10 @@ async fn wrong_argument_count_names_expected_got_and_parameters() {
     let err = call_text("calculator", "calculate", "2 + 2 2").await.unwrap_err();
     assert!(matches!(&err, RpcError::ArgumentCount { got: 4, .. }), "{err:?}");
     let err = call_text("calculator", "stats", "").await.unwrap_err();
-    assert_eq!(err.to_string(), "calculator.stats: expected at least 1 arguments (label: String, values...: Vec<f64>), got 0");
+    assert_eq!(
+        err.to_string(),
+        "calculator.stats: expected at least 1 arguments (label: String, values...: Vec<f64>), got 0"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +222,10 @@ async fn an_undecodable_argument_names_parameter_type_and_token() {
     let err = call_text("calculator", "calculate", "2 + two").await.unwrap_err();
     match &err {
         RpcError::InvalidArgument { target, param, ty, value, .. } => {
-            assert_eq!((target.as_str(), param.as_str(), ty.as_str(), value.as_str()), ("calculator.calculate", "b", "f64", "two"));
+            assert_eq!(
+                (target.as_str(), param.as_str(), ty.as_str(), value.as_str()),
+                ("calculator.calculate", "b", "f64", "two")
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -231,19 +244,32 @@ async fn named_calls_report_missing_unexpected_and_mistyped_arguments() {
     let t = MemoryTransport::new(registry());
     let err = t.call(Request::new("calculator", "calculate", kwargs! {"a" => 1, "op" => "+"})).await.unwrap_err();
     assert!(matches!(&err, RpcError::MissingArgument { param, ty, .. } if param == "b" && ty == "f64"), "{err:?}");
-    let err = t.call(Request::new("calculator", "calculate", kwargs! {"a" => 1, "op" => "+", "b" => 1, "c" => 0})).await.unwrap_err();
+    let err = t
+        .call(Request::new("calculator", "calculate", kwargs! {"a" => 1, "op" => "+", "b" => 1, "c" => 0}))
+        .await
+        .unwrap_err();
     assert!(matches!(&err, RpcError::UnexpectedArgument { name, .. } if name == "c"), "{err:?}");
-    let err = t.call(Request::new("calculator", "calculate", kwargs! {"a" => "x", "op" => "+", "b" => 1})).await.unwrap_err();
-    assert!(matches!(&err, RpcError::InvalidArgument { param, value, .. } if param == "a" && value == "\"x\""), "{err:?}");
+    let err =
+        t.call(Request::new("calculator", "calculate", kwargs! {"a" => "x", "op" => "+", "b" => 1})).await.unwrap_err();
+    assert!(
+        matches!(&err, RpcError::InvalidArgument { param, value, .. } if param == "a" && value == "\"x\""),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn handler_errors_carry_message_and_code() {
     let err = call_text("calculator", "calculate", "1 / 0").await.unwrap_err();
-    assert!(matches!(&err, RpcError::Handler { code: Some(c), message, .. } if c == "division_by_zero" && message == "division by zero"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Handler { code: Some(c), message, .. } if c == "division_by_zero" && message == "division by zero"),
+        "{err:?}"
+    );
     assert_eq!(err.to_string(), "calculator.calculate: [division_by_zero] division by zero");
     let err = call_text("calculator", "even", "3").await.unwrap_err();
-    assert!(matches!(&err, RpcError::Handler { code: Some(c), message, .. } if c == "OddError" && message == "odd numbers are not allowed: 3"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Handler { code: Some(c), message, .. } if c == "OddError" && message == "odd numbers are not allowed: 3"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -385,10 +411,22 @@ fn every_error_survives_its_wire_form() {
     let errors = vec![
         RpcError::UnknownService { service: "s".into(), known: vec!["a".into()] },
         RpcError::UnknownMethod { service: "s".into(), method: "m".into(), known: vec![] },
-        RpcError::ArgumentCount { target: "s.m".into(), expected: 2, variadic: true, got: 0, params: vec!["a: u8".into()] },
+        RpcError::ArgumentCount {
+            target: "s.m".into(),
+            expected: 2,
+            variadic: true,
+            got: 0,
+            params: vec!["a: u8".into()],
+        },
         RpcError::MissingArgument { target: "s.m".into(), param: "a".into(), ty: "u8".into() },
         RpcError::UnexpectedArgument { target: "s.m".into(), name: "z".into(), params: vec![] },
-        RpcError::InvalidArgument { target: "s.m".into(), param: "a".into(), ty: "u8".into(), value: "x".into(), reason: "bad".into() },
+        RpcError::InvalidArgument {
+            target: "s.m".into(),
+            param: "a".into(),
+            ty: "u8".into(),
+            value: "x".into(),
+            reason: "bad".into(),
+        },
         RpcError::Handler { target: "s.m".into(), code: Some("e".into()), message: "boom".into() },
         RpcError::Handler { target: "s.m".into(), code: None, message: "boom".into() },
         RpcError::Panic { target: "s.m".into(), message: "p".into() },
@@ -416,5 +454,8 @@ fn every_error_survives_its_wire_form() {
 fn a_foreign_error_becomes_a_handler_error_with_its_type_as_code() {
     let python = json!({"type": "ValueError", "message": "ValueError('boom')", "args": ["boom"]});
     let err = RpcError::from_wire(&python, "foo");
-    assert!(matches!(&err, RpcError::Handler { code: Some(c), message, target } if c == "ValueError" && message == "ValueError('boom')" && target == "foo"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Handler { code: Some(c), message, target } if c == "ValueError" && message == "ValueError('boom')" && target == "foo"),
+        "{err:?}"
+    );
 }

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 enum Op {
     #[serde(rename = "+")]
     Add,
-    Named { x: i32 },
+    Named {
+        x: i32,
+    },
 }
 
 #[derive(Debug, Deserialize)]

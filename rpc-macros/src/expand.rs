@@ -15,7 +15,10 @@ pub(crate) fn rpc_service(args: TokenStream, input: TokenStream) -> TokenStream 
     let mut item: ItemImpl = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(_) => {
-            let e = syn::Error::new(Span::call_site(), "#[rpc_service] goes on an inherent impl block (`impl Calculator { .. }`)");
+            let e = syn::Error::new(
+                Span::call_site(),
+                "#[rpc_service] goes on an inherent impl block (`impl Calculator { .. }`)",
+            );
             let error = e.into_compile_error();
             return quote!(#input #error);
         }
@@ -130,7 +133,14 @@ fn service_impl(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
 
 fn type_text(ty: &syn::Type) -> String {
     // `quote` spaces every token; tighten the common cases so messages read like source.
-    quote!(#ty).to_string().replace(" < ", "<").replace(" >", ">").replace("< ", "<").replace(" ,", ",").replace(" :: ", "::").replace("& ", "&")
+    quote!(#ty)
+        .to_string()
+        .replace(" < ", "<")
+        .replace(" >", ">")
+        .replace("< ", "<")
+        .replace(" ,", ",")
+        .replace(" :: ", "::")
+        .replace("& ", "&")
 }
 
 fn method_info(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> TokenStream {
@@ -166,11 +176,8 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
         quote_spanned!(ty.span()=> let #pid: #ty = __rpc_reader.#take::<#ty>(#i)?;)
     });
     let names: Vec<_> = m.params.iter().map(|p| p.ident).collect();
-    let call = if m.receiver {
-        quote!(__rpc_this.#ident(#(#names),*))
-    } else {
-        quote!(<#self_ty>::#ident(#(#names),*))
-    };
+    let call =
+        if m.receiver { quote!(__rpc_this.#ident(#(#names),*)) } else { quote!(<#self_ty>::#ident(#(#names),*)) };
     let this = m.receiver.then(|| quote!(let __rpc_this = self;));
     let convert = match &m.output {
         Output::Unit | Output::Plain(_) => quote!(#krate::__private::encode(#target, &__rpc_out)),

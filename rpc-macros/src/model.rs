@@ -67,10 +67,22 @@ impl<'a> Service<'a> {
     pub(crate) fn parse(args: &ServiceArgs, item: &'a ItemImpl) -> (Self, Option<syn::Error>) {
         let mut errors = None;
         if let Some((_, path, _)) = &item.trait_ {
-            push(&mut errors, syn::Error::new_spanned(path, "#[rpc_service] goes on an inherent impl block (`impl Calculator { .. }`), not a trait impl"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(
+                    path,
+                    "#[rpc_service] goes on an inherent impl block (`impl Calculator { .. }`), not a trait impl",
+                ),
+            );
         }
         if !item.generics.params.is_empty() {
-            push(&mut errors, syn::Error::new_spanned(&item.generics, "#[rpc_service] cannot be used on generic impl blocks: a service needs one concrete type"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(
+                    &item.generics,
+                    "#[rpc_service] cannot be used on generic impl blocks: a service needs one concrete type",
+                ),
+            );
         }
         if let Some(unsafety) = &item.unsafety {
             push(&mut errors, syn::Error::new_spanned(unsafety, "#[rpc_service] cannot be used on unsafe impl blocks"));
@@ -78,14 +90,20 @@ impl<'a> Service<'a> {
         let type_ident = match &*item.self_ty {
             Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| {
                 if !s.arguments.is_empty() {
-                    push(&mut errors, syn::Error::new_spanned(&s.arguments, "#[rpc_service] needs a type without generic arguments"));
+                    push(
+                        &mut errors,
+                        syn::Error::new_spanned(&s.arguments, "#[rpc_service] needs a type without generic arguments"),
+                    );
                 }
                 s.ident.clone()
             }),
             _ => None,
         };
         let type_ident = type_ident.unwrap_or_else(|| {
-            push(&mut errors, syn::Error::new_spanned(&item.self_ty, "#[rpc_service] needs a named type (`impl Calculator`)"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(&item.self_ty, "#[rpc_service] needs a named type (`impl Calculator`)"),
+            );
             Ident::new("Service", Span::call_site())
         });
         let (name, name_span) = match &args.name {
@@ -126,14 +144,18 @@ impl<'a> Method<'a> {
         let args = attrs::method_args(&f.attrs)?;
         if args.skip.is_some() {
             if let Some(name) = &args.name {
-                return Err(syn::Error::new_spanned(name, "`skip` and `name` cannot be combined: a skipped method has no wire name"));
+                return Err(syn::Error::new_spanned(
+                    name,
+                    "`skip` and `name` cannot be combined: a skipped method has no wire name",
+                ));
             }
             return Ok(None);
         }
         let mut errors = None;
         let sig = &f.sig;
         if let (Some(span), Some(asyncness)) = (args.inline, &sig.asyncness) {
-            let mut e = syn::Error::new(span, "`inline` is for synchronous methods: async methods already run on the runtime");
+            let mut e =
+                syn::Error::new(span, "`inline` is for synchronous methods: async methods already run on the runtime");
             e.combine(syn::Error::new_spanned(asyncness, "this method is async"));
             push(&mut errors, e);
         }
@@ -141,19 +163,37 @@ impl<'a> Method<'a> {
             push(&mut errors, syn::Error::new_spanned(attr, "#[cfg] on an RPC method is not supported (the method table is static): move the method into a separate impl block"));
         }
         if !sig.generics.params.is_empty() {
-            push(&mut errors, syn::Error::new_spanned(&sig.generics, "RPC methods cannot be generic: arguments are decoded into one concrete type"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(
+                    &sig.generics,
+                    "RPC methods cannot be generic: arguments are decoded into one concrete type",
+                ),
+            );
         }
         if let Some(w) = &sig.generics.where_clause {
             push(&mut errors, syn::Error::new_spanned(w, "RPC methods cannot have where clauses"));
         }
         if let Some(u) = &sig.unsafety {
-            push(&mut errors, syn::Error::new_spanned(u, "RPC methods cannot be unsafe: a remote caller cannot uphold their contract"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(
+                    u,
+                    "RPC methods cannot be unsafe: a remote caller cannot uphold their contract",
+                ),
+            );
         }
         if let Some(abi) = &sig.abi {
             push(&mut errors, syn::Error::new_spanned(abi, "RPC methods cannot have an explicit ABI"));
         }
         if let Some(v) = &sig.variadic {
-            push(&mut errors, syn::Error::new_spanned(v, "C-variadic methods are not supported; use `#[rpc(rest)]` on a last `Vec<T>` parameter"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(
+                    v,
+                    "C-variadic methods are not supported; use `#[rpc(rest)]` on a last `Vec<T>` parameter",
+                ),
+            );
         }
 
         let mut receiver = false;
@@ -169,7 +209,10 @@ impl<'a> Method<'a> {
                         };
                         push(&mut errors, syn::Error::new_spanned(r, what));
                     } else if let Some((_, Some(lt))) = &r.reference {
-                        push(&mut errors, syn::Error::new_spanned(lt, "`&self` in an RPC method cannot name a lifetime"));
+                        push(
+                            &mut errors,
+                            syn::Error::new_spanned(lt, "`&self` in an RPC method cannot name a lifetime"),
+                        );
                     }
                     receiver = true;
                 }
@@ -195,7 +238,13 @@ impl<'a> Method<'a> {
                     params.push(Param { ident, ty: &pt.ty, rest: pargs.rest.is_some() });
                     if let Some(span) = pargs.rest {
                         if !matches!(sig.inputs.last(), Some(FnArg::Typed(last)) if std::ptr::eq(last, pt)) {
-                            push(&mut errors, syn::Error::new(span, "`#[rpc(rest)]` only goes on the last parameter: it collects all remaining tokens"));
+                            push(
+                                &mut errors,
+                                syn::Error::new(
+                                    span,
+                                    "`#[rpc(rest)]` only goes on the last parameter: it collects all remaining tokens",
+                                ),
+                            );
                         }
                     }
                 }

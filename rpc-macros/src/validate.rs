@@ -34,11 +34,20 @@ pub(crate) fn validate(service: &Service<'_>, mut errors: Option<syn::Error>) ->
             );
         }
         if method.ident.to_string().starts_with("__rpc") {
-            push(&mut errors, syn::Error::new_spanned(method.ident, "names starting with `__rpc` are reserved for generated code"));
+            push(
+                &mut errors,
+                syn::Error::new_spanned(method.ident, "names starting with `__rpc` are reserved for generated code"),
+            );
         }
     }
     if service.methods.is_empty() && !parse_failed {
-        push(&mut errors, syn::Error::new(service.name_span, "this service has no RPC methods: add a method, or remove #[rpc_service]"));
+        push(
+            &mut errors,
+            syn::Error::new(
+                service.name_span,
+                "this service has no RPC methods: add a method, or remove #[rpc_service]",
+            ),
+        );
     }
     errors.map_or(Ok(()), Err)
 }

@@ -25,7 +25,10 @@ mod service {
             a + b
         }
 
-        pub async fn greet(&self, name: ::std::string::String) -> ::core::result::Result<::std::string::String, ::rpc_core::HandlerError> {
+        pub async fn greet(
+            &self,
+            name: ::std::string::String,
+        ) -> ::core::result::Result<::std::string::String, ::rpc_core::HandlerError> {
             ::core::result::Result::Ok(::std::format!("hi {name}"))
         }
 

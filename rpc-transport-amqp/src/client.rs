@@ -111,9 +111,7 @@ impl Pending {
             },
         };
         let body = || {
-            codec
-                .decode(&delivery.data)
-                .map_err(|e| RpcError::protocol(format!("{target}: undecodable reply: {e}")))
+            codec.decode(&delivery.data).map_err(|e| RpcError::protocol(format!("{target}: undecodable reply: {e}")))
         };
         let outcome = match props.kind().as_ref().map(|k| k.as_str()) {
             Some(wire::TYPE_RESULT) => body().map(Reply::Value),
@@ -162,14 +160,21 @@ pub(crate) async fn return_loop(shared: Arc<Shared>, link: Arc<Link>) {
         for message in returned {
             match message.delivery.properties.correlation_id() {
                 Some(id) => shared.pending.fail(id.as_str(), unroutable(&message)),
-                None => debug!(routing_key = %message.delivery.routing_key, "returned message without correlation id dropped"),
+                None => {
+                    debug!(routing_key = %message.delivery.routing_key, "returned message without correlation id dropped")
+                }
             }
         }
     }
 }
 
 /// Publishes one request to routing key `method` and waits for its reply.
-pub(crate) async fn call(shared: &Arc<Shared>, method: &str, args: Args, options: CallOptions) -> Result<Reply, RpcError> {
+pub(crate) async fn call(
+    shared: &Arc<Shared>,
+    method: &str,
+    args: Args,
+    options: CallOptions,
+) -> Result<Reply, RpcError> {
     let timeout = options.timeout.unwrap_or(shared.config.timeout);
     let codec = options.codec.unwrap_or(shared.config.codec);
     let correlation_id = Uuid::new_v4().to_string();
@@ -181,7 +186,8 @@ pub(crate) async fn call(shared: &Arc<Shared>, method: &str, args: Args, options
         outcome = field::Empty,
     );
     let started = std::time::Instant::now();
-    let outcome = publish_and_wait(shared, method, args, timeout, codec, &correlation_id).instrument(span.clone()).await;
+    let outcome =
+        publish_and_wait(shared, method, args, timeout, codec, &correlation_id).instrument(span.clone()).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let kind = outcome.as_ref().map_or_else(RpcError::kind, |_| "ok");
     span.record("duration_ms", duration_ms);
@@ -205,9 +211,7 @@ async fn publish_and_wait(
             "{method}: AMQP calls take named arguments (kwargs!), not text tokens"
         )));
     };
-    let body = codec
-        .encode(&Value::Object(map))
-        .map_err(|e| RpcError::bad_request(format!("{method}: {e}")))?;
+    let body = codec.encode(&Value::Object(map)).map_err(|e| RpcError::bad_request(format!("{method}: {e}")))?;
     if body.len() > shared.config.max_body_size {
         return Err(RpcError::bad_request(format!(
             "{method}: request body of {} bytes exceeds the limit of {} bytes",
@@ -223,7 +227,13 @@ async fn publish_and_wait(
     let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms);
     let publish = async {
         link.client
-            .basic_publish("".into(), key, BasicPublishOptions { mandatory: true, ..Default::default() }, &body, properties)
+            .basic_publish(
+                "".into(),
+                key,
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &body,
+                properties,
+            )
             .await?
             .await
     };

@@ -167,9 +167,7 @@ pub fn parse_error_body(body: Value, target: &str) -> RpcError {
         Some(Value::Array(items)) if !items.is_empty() => Some(items.iter().map(text).collect::<Vec<_>>().join(", ")),
         _ => None,
     };
-    let message = args
-        .or_else(|| fields.get("message").map(text))
-        .unwrap_or_else(|| inner.to_string());
+    let message = args.or_else(|| fields.get("message").map(text)).unwrap_or_else(|| inner.to_string());
     RpcError::Handler { target: target.to_owned(), code, message }
 }
 
@@ -234,7 +232,11 @@ mod tests {
     #[test]
     fn every_error_variant_round_trips_through_the_envelope() {
         let errors = [
-            RpcError::Handler { target: "calc.div".into(), code: Some("division_by_zero".into()), message: "division by zero".into() },
+            RpcError::Handler {
+                target: "calc.div".into(),
+                code: Some("division_by_zero".into()),
+                message: "division by zero".into(),
+            },
             RpcError::Handler { target: "foo".into(), code: None, message: "plain".into() },
             RpcError::Panic { target: "foo".into(), message: "boom".into() },
             RpcError::MissingArgument { target: "calc.add".into(), param: "b".into(), ty: "f64".into() },
@@ -255,7 +257,11 @@ mod tests {
 
     #[test]
     fn envelope_has_aio_pika_fields() {
-        let error = RpcError::Handler { target: "div".into(), code: Some("ZeroDivisionError".into()), message: "division by zero".into() };
+        let error = RpcError::Handler {
+            target: "div".into(),
+            code: Some("ZeroDivisionError".into()),
+            message: "division by zero".into(),
+        };
         let body = error_body(&error);
         assert_eq!(body["error"]["type"], "ZeroDivisionError");
         assert_eq!(body["error"]["message"], "div: [ZeroDivisionError] division by zero");

@@ -50,7 +50,11 @@ impl std::fmt::Debug for Link {
 /// channel and is retried. On a caller's channel the declare is pipelined (`nowait`) with the
 /// bind, which shrinks that window from a network round trip to the broker's handling of two
 /// consecutive frames.
-async fn bind_to_dlx(connection: Option<&Connection>, client: &Channel, reply_queue: &ShortString) -> Result<(), Error> {
+async fn bind_to_dlx(
+    connection: Option<&Connection>,
+    client: &Channel,
+    reply_queue: &ShortString,
+) -> Result<(), Error> {
     let declare = |channel: Channel, nowait: bool| async move {
         channel
             .exchange_declare(
@@ -116,7 +120,11 @@ impl Link {
     }
 
     /// Sets up on a channel the caller owns.
-    pub(crate) async fn on_channel(channel: Channel, config: &RpcConfig, generation: u64) -> Result<(Link, Consumer), Error> {
+    pub(crate) async fn on_channel(
+        channel: Channel,
+        config: &RpcConfig,
+        generation: u64,
+    ) -> Result<(Link, Consumer), Error> {
         Self::setup(None, channel.clone(), channel, config, generation).await
     }
 
@@ -182,7 +190,8 @@ impl Link {
 
     /// Declares method queue `name` (aio-pika's arguments) and starts consuming it.
     pub(crate) async fn consume_method(&self, name: &ShortString) -> Result<Consumer, Error> {
-        let options = QueueDeclareOptions { durable: false, exclusive: false, auto_delete: false, ..Default::default() };
+        let options =
+            QueueDeclareOptions { durable: false, exclusive: false, auto_delete: false, ..Default::default() };
         // A declaration the broker refuses (an existing queue with other arguments) closes the
         // channel it was made on. On our own connection it is made on a throwaway channel, so
         // the refusal cannot take the live channels down with it.

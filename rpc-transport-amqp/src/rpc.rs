@@ -300,7 +300,12 @@ impl Rpc {
     ///
     /// # Errors
     /// As [`Rpc::call`].
-    pub async fn call_with<T: DeserializeOwned>(&self, method: &str, args: Args, options: CallOptions) -> Result<T, RpcError> {
+    pub async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: Args,
+        options: CallOptions,
+    ) -> Result<T, RpcError> {
         let reply = client::call(&self.shared, method, args, options.or(self.defaults)).await?;
         reply.decode(method)
     }
@@ -455,11 +460,12 @@ impl Shared {
         match &*self.lock_state() {
             State::Up(link) => Ok(Arc::clone(link)),
             State::Closed(_) => Err(RpcError::Closed),
-            State::Down if self.reconnect.is_some() => Err(RpcError::Transport {
-                message: "not connected to the broker (reconnecting)".into(),
-                source: None,
-            }),
-            State::Down => Err(RpcError::Transport { message: "the channel to the broker was lost".into(), source: None }),
+            State::Down if self.reconnect.is_some() => {
+                Err(RpcError::Transport { message: "not connected to the broker (reconnecting)".into(), source: None })
+            }
+            State::Down => {
+                Err(RpcError::Transport { message: "the channel to the broker was lost".into(), source: None })
+            }
         }
     }
 
@@ -506,7 +512,12 @@ impl Shared {
         Ok(())
     }
 
-    async fn start_serving(self: &Arc<Self>, link: &Arc<Link>, name: &str, handler: Arc<dyn Handler>) -> Result<(), Error> {
+    async fn start_serving(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        name: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<(), Error> {
         let key = wire::short(name).map_err(|reason| Error::invalid_name(name, reason))?;
         if link.consumes(name) {
             return Ok(());
@@ -596,7 +607,9 @@ impl Shared {
                     // `install` reported the loss itself, which started a new loop.
                     Err(_) => return,
                 },
-                Err(e) => warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnecting to the broker failed"),
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnecting to the broker failed")
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(self.config.reconnect_max_delay);

@@ -86,7 +86,12 @@ pub fn request_properties(
 }
 
 /// The properties of a reply to a request with `correlation_id`.
-pub fn reply_properties(codec: Codec, correlation_id: Option<&ShortString>, kind: &str, delivery_mode: u8) -> BasicProperties {
+pub fn reply_properties(
+    codec: Codec,
+    correlation_id: Option<&ShortString>,
+    kind: &str,
+    delivery_mode: u8,
+) -> BasicProperties {
     let props = BasicProperties::default()
         .with_content_type(codec.content_type().into())
         .with_type(kind.into())

@@ -46,38 +46,89 @@ async fn bad_requests_get_error_replies_the_server_keeps_serving_and_nothing_sta
     let msgpack = |v: Value| Codec::MsgPack.encode(&v).unwrap();
     let cases: Vec<(&str, BasicProperties, Vec<u8>, &str)> = vec![
         ("garbage", call_props(&reply_queue, "garbage"), b"\xc1\xc1\xc1 not msgpack".to_vec(), "bad_request"),
-        ("json-garbage", call_props(&reply_queue, "json-garbage").with_content_type("application/json".into()), b"{not json".to_vec(), "bad_request"),
-        ("pickle", call_props(&reply_queue, "pickle").with_content_type("application/python-pickle".into()), b"\x80\x04K\x01.".to_vec(), "bad_request"),
+        (
+            "json-garbage",
+            call_props(&reply_queue, "json-garbage").with_content_type("application/json".into()),
+            b"{not json".to_vec(),
+            "bad_request",
+        ),
+        (
+            "pickle",
+            call_props(&reply_queue, "pickle").with_content_type("application/python-pickle".into()),
+            b"\x80\x04K\x01.".to_vec(),
+            "bad_request",
+        ),
         ("array", call_props(&reply_queue, "array"), msgpack(json!([1, 2])), "bad_request"),
         ("missing", call_props(&reply_queue, "missing"), msgpack(json!({})), "invalid_argument"),
         ("wrong-type", call_props(&reply_queue, "wrong-type"), msgpack(json!({"t": "two"})), "invalid_argument"),
-        ("banana", call_props(&reply_queue, "banana").with_type("banana".into()), msgpack(json!({"t": 1})), "bad_request"),
+        (
+            "banana",
+            call_props(&reply_queue, "banana").with_type("banana".into()),
+            msgpack(json!({"t": 1})),
+            "bad_request",
+        ),
         ("huge", call_props(&reply_queue, "huge"), vec![0xc0; 100 * 1024], "bad_request"),
-        ("late", call_props(&reply_queue, "late").with_headers({
-            let mut h = lapin::types::FieldTable::default();
-            h.insert("x-deadline-ms".into(), lapin::types::AMQPValue::LongLongInt(1));
-            h
-        }), msgpack(json!({"t": 1})), "deadline_exceeded"),
-        ("deep", call_props(&reply_queue, "deep"), [vec![0x81, 0xa1, b't'], vec![0x91; 100_000], vec![0xc0]].concat(), "bad_request"),
+        (
+            "late",
+            call_props(&reply_queue, "late").with_headers({
+                let mut h = lapin::types::FieldTable::default();
+                h.insert("x-deadline-ms".into(), lapin::types::AMQPValue::LongLongInt(1));
+                h
+            }),
+            msgpack(json!({"t": 1})),
+            "deadline_exceeded",
+        ),
+        (
+            "deep",
+            call_props(&reply_queue, "deep"),
+            [vec![0x81, 0xa1, b't'], vec![0x91; 100_000], vec![0xc0]].concat(),
+            "bad_request",
+        ),
         ("ok", call_props(&reply_queue, "ok"), msgpack(json!({"t": 1.5})), ""),
-        ("ok-json", call_props(&reply_queue, "ok-json").with_content_type("application/json".into()), br#"{"t": 2}"#.to_vec(), ""),
+        (
+            "ok-json",
+            call_props(&reply_queue, "ok-json").with_content_type("application/json".into()),
+            br#"{"t": 2}"#.to_vec(),
+            "",
+        ),
     ];
     for (_, props, body, _) in &cases {
-        raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), body, props.clone()).await.unwrap().await.unwrap();
+        raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), body, props.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     // A request without correlation id is answered without one.
-    let no_id = BasicProperties::default().with_reply_to(reply_queue.as_str().into()).with_content_type("application/msgpack".into());
-    raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &msgpack(json!({"t": 1})), no_id).await.unwrap().await.unwrap();
+    let no_id = BasicProperties::default()
+        .with_reply_to(reply_queue.as_str().into())
+        .with_content_type("application/msgpack".into());
+    raw.basic_publish(
+        "".into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        &msgpack(json!({"t": 1})),
+        no_id,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 
     let mut seen = std::collections::HashMap::new();
     let mut anonymous = None;
     while seen.len() < cases.len() || anonymous.is_none() {
-        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("a reply").unwrap().unwrap();
+        let reply =
+            tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("a reply").unwrap().unwrap();
         let props = reply.properties.clone();
         let kind = props.kind().as_ref().unwrap().to_string();
         let codec = Codec::from_content_type(props.content_type().as_ref().unwrap().as_str()).unwrap();
         let body = codec.decode(&reply.data).unwrap();
-        if props.correlation_id().as_ref().is_some_and(|id| id.as_str().starts_with("json-") || id.as_str() == "ok-json" || id.as_str() == "pickle") {
+        if props
+            .correlation_id()
+            .as_ref()
+            .is_some_and(|id| id.as_str().starts_with("json-") || id.as_str() == "ok-json" || id.as_str() == "pickle")
+        {
             assert_eq!(codec, Codec::Json, "JSON (and unreadable) requests are answered in JSON");
         } else {
             assert_eq!(codec, Codec::MsgPack);
@@ -122,15 +173,24 @@ async fn sixteen_megabyte_request_gets_a_bad_request_reply_under_the_default_lim
     let (_c2, raw) = common::channel().await;
     let (reply_queue, mut replies) = raw_reply_queue(&raw).await;
     let body = vec![b' '; 16_000_000];
-    raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, call_props(&reply_queue, "huge"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    raw.basic_publish(
+        "".into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        &body,
+        call_props(&reply_queue, "huge"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(30), replies.next()).await.expect("a reply").unwrap().unwrap();
     assert_eq!(reply.properties.kind().as_ref().unwrap().as_str(), "error");
     let error = codec::parse_error_body(Codec::MsgPack.decode(&reply.data).unwrap(), &name);
-    assert!(matches!(&error, RpcError::BadRequest { reason } if reason.contains("16000000 bytes exceeds the limit of 8388608 bytes")), "{error:?}");
+    assert!(
+        matches!(&error, RpcError::BadRequest { reason } if reason.contains("16000000 bytes exceeds the limit of 8388608 bytes")),
+        "{error:?}"
+    );
     let (_c3, client) = rpc().await;
     assert_eq!(client.call::<f64>(&name, kwargs! { "t" => 1 }).await.unwrap(), 1.0);
 }
@@ -154,7 +214,11 @@ async fn request_without_reply_to_is_acked_and_dropped_and_the_consumer_keeps_se
     let body = Codec::MsgPack.encode(&json!({"t": 1})).unwrap();
     for _ in 0..3 {
         let props = BasicProperties::default().with_correlation_id("x".into()).with_type("call".into());
-        raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, props).await.unwrap().await.unwrap();
+        raw.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, props)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let (_c3, client) = rpc().await;
     assert_eq!(client.call::<f64>(&name, kwargs! { "t" => 2 }).await.unwrap(), 2.0);
@@ -193,7 +257,8 @@ async fn request_of_a_server_killed_mid_call_is_redelivered_to_the_other_server(
     b.register_async(&name, |_: Nothing| async { Ok::<_, HandlerError>("b") }).await.unwrap();
     // Server A dies with the request unacked: the broker hands it to B.
     conn_a.close(320, "killed by the test".into()).await.unwrap();
-    let served_by = tokio::time::timeout(Duration::from_secs(10), call).await.expect("redelivered in time").unwrap().unwrap();
+    let served_by =
+        tokio::time::timeout(Duration::from_secs(10), call).await.expect("redelivered in time").unwrap().unwrap();
     assert_eq!(served_by, "b");
     drop(a);
 }
@@ -219,7 +284,14 @@ async fn losing_the_connection_fails_pending_calls_at_once_with_a_transport_erro
     let call = {
         let client = client.clone();
         let name = name.clone();
-        tokio::spawn(async move { timed(client.call_with::<u8>(&name, kwargs! {}, rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(30)))).await })
+        tokio::spawn(async move {
+            timed(client.call_with::<u8>(
+                &name,
+                kwargs! {},
+                rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(30)),
+            ))
+            .await
+        })
     };
     started.notified().await;
     client_conn.close(320, "dropped by the test".into()).await.unwrap();
@@ -284,7 +356,10 @@ async fn rpc_that_owns_its_connection_reconnects_after_the_broker_closes_it() {
     started.notified().await;
     let pids = broker_connections(&connection_name);
     assert_eq!(pids.len(), 1, "{pids:?}");
-    let status = Command::new("rabbitmqctl").args(["close_connection", &pids[0], "closed by the reconnect test"]).status().unwrap();
+    let status = Command::new("rabbitmqctl")
+        .args(["close_connection", &pids[0], "closed by the reconnect test"])
+        .status()
+        .unwrap();
     assert!(status.success());
     let closed_at = std::time::Instant::now();
 

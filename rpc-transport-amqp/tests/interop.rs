@@ -63,7 +63,8 @@ async fn aio_pika_jsonrpc_client_calls_a_rust_handler_and_gets_its_result_or_its
     .await
     .unwrap();
 
-    let (ok, err) = tokio::join!(python_call(&add, json!({"x": 2, "y": 3.5})), python_call(&fail, json!({"x": 1, "y": 0})));
+    let (ok, err) =
+        tokio::join!(python_call(&add, json!({"x": 2, "y": 3.5})), python_call(&fail, json!({"x": 1, "y": 0})));
     assert_eq!(ok, json!({"result": 5.5}));
 
     // aio-pika raises JsonRPCError("RPC exception", <body>): our envelope, its fields included.
@@ -91,14 +92,16 @@ async fn rust_json_call_reaches_an_aio_pika_jsonrpc_handler_and_gets_its_result_
         .spawn()
         .expect("starting python");
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("python server ready in time");
+    let ready =
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("python server ready in time");
     assert_eq!(ready.unwrap().as_deref(), Some("ready"));
 
     let (_conn, rpc) = rpc().await;
     let json = CallOptions::new().codec(Codec::Json);
     let sum: f64 = rpc.call_with(&format!("{prefix}.add"), kwargs! { "x" => 2, "y" => 3.5 }, json).await.unwrap();
     assert_eq!(sum, 5.5);
-    let joined: String = rpc.call_with(&format!("{prefix}.add"), kwargs! { "x" => "ab", "y" => "cd" }, json).await.unwrap();
+    let joined: String =
+        rpc.call_with(&format!("{prefix}.add"), kwargs! { "x" => "ab", "y" => "cd" }, json).await.unwrap();
     assert_eq!(joined, "abcd");
 
     let err = rpc.call_with::<f64>(&format!("{prefix}.fail"), kwargs! {}, json).await.unwrap_err();
@@ -116,7 +119,9 @@ async fn rust_json_call_reaches_an_aio_pika_jsonrpc_handler_and_gets_its_result_
 
     // Our declaration of a method queue aio-pika declared is accepted (identical arguments:
     // a mismatch would be PRECONDITION_FAILED), so Rust and Python servers can compete.
-    rpc.register_async(&format!("{prefix}.add"), |a: Add| async move { Ok::<_, HandlerError>(a.x + a.y) }).await.unwrap();
+    rpc.register_async(&format!("{prefix}.add"), |a: Add| async move { Ok::<_, HandlerError>(a.x + a.y) })
+        .await
+        .unwrap();
 
     drop(server.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;

@@ -53,9 +53,11 @@ async fn call_returns_the_remote_result_decoded_into_the_callers_type() {
         sides: Vec<u8>,
     }
     let shape = unique("shape");
-    rpc.register_blocking(&shape, |_: Nothing| Ok::<_, HandlerError>(Shape { name: "tri".into(), sides: vec![3, 4, 5] }))
-        .await
-        .unwrap();
+    rpc.register_blocking(&shape, |_: Nothing| {
+        Ok::<_, HandlerError>(Shape { name: "tri".into(), sides: vec![3, 4, 5] })
+    })
+    .await
+    .unwrap();
     for codec in [Codec::MsgPack, Codec::Json] {
         let got: Shape = rpc.call_with(&shape, kwargs! {}, CallOptions::new().codec(codec)).await.unwrap();
         assert_eq!(got, Shape { name: "tri".into(), sides: vec![3, 4, 5] });
@@ -86,7 +88,8 @@ async fn call_times_out_when_the_queue_exists_but_nobody_consumes_it() {
     register_echo(&rpc, &name).await;
     rpc.unregister(&name).await.unwrap(); // the queue stays, without a consumer
     let limit = Duration::from_millis(300);
-    let (result, took) = timed(rpc.call_with::<f64>(&name, kwargs! { "t" => 1 }, CallOptions::new().timeout(limit))).await;
+    let (result, took) =
+        timed(rpc.call_with::<f64>(&name, kwargs! { "t" => 1 }, CallOptions::new().timeout(limit))).await;
     assert!(matches!(result, Err(RpcError::DeadlineExceeded { timeout_ms: 300, .. })), "{result:?}");
     assert!(took >= limit && took < Duration::from_secs(5), "{took:?}");
     assert_eq!(rpc.pending_calls(), 0);
@@ -127,11 +130,14 @@ async fn request_carries_expiration_deadline_and_the_aio_pika_properties() {
     register_echo(&rpc, &name).await;
     rpc.unregister(&name).await.unwrap();
     let before = rpc_transport_amqp::wire::now_ms();
-    let call = rpc.call_with::<f64>(&name, kwargs! { "t" => 2.5 }, CallOptions::new().timeout(Duration::from_millis(1500)));
+    let call =
+        rpc.call_with::<f64>(&name, kwargs! { "t" => 2.5 }, CallOptions::new().timeout(Duration::from_millis(1500)));
     let inspect = async {
         let (_c, channel) = common::channel().await;
         loop {
-            if let Some(message) = channel.basic_get(name.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            if let Some(message) =
+                channel.basic_get(name.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+            {
                 return message;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -330,13 +336,20 @@ async fn duplicate_and_unknown_replies_are_dropped_and_the_first_reply_wins() {
         while let Some(Ok(request)) = requests.next().await {
             let props = &request.properties;
             let reply_to = props.reply_to().clone().unwrap();
-            for (value, id) in [(1u8, props.correlation_id().clone()), (2, props.correlation_id().clone()), (3, Some("nobody".into()))] {
-                let mut reply = BasicProperties::default().with_type("result".into()).with_content_type("application/msgpack".into());
+            for (value, id) in
+                [(1u8, props.correlation_id().clone()), (2, props.correlation_id().clone()), (3, Some("nobody".into()))]
+            {
+                let mut reply = BasicProperties::default()
+                    .with_type("result".into())
+                    .with_content_type("application/msgpack".into());
                 if let Some(id) = id {
                     reply = reply.with_correlation_id(id);
                 }
                 let body = rmp_serde::to_vec(&value).unwrap();
-                channel.basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), &body, reply).await.unwrap();
+                channel
+                    .basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), &body, reply)
+                    .await
+                    .unwrap();
             }
             request.ack(BasicAckOptions::default()).await.unwrap();
         }
@@ -377,7 +390,10 @@ async fn close_fails_pending_calls_with_closed_and_later_calls_too() {
     assert!(matches!(result, Err(RpcError::Closed)), "{result:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(matches!(client.call::<u8>(&name, kwargs! {}).await, Err(RpcError::Closed)));
-    assert!(matches!(client.register_async(&unique("x"), |_: Nothing| async { Ok::<_, HandlerError>(0) }).await, Err(rpc_transport_amqp::Error::Closed)));
+    assert!(matches!(
+        client.register_async(&unique("x"), |_: Nothing| async { Ok::<_, HandlerError>(0) }).await,
+        Err(rpc_transport_amqp::Error::Closed)
+    ));
     client.close().await.unwrap(); // twice is fine
 }
 
@@ -411,7 +427,9 @@ async fn graceful_close_answers_requests_in_flight_before_closing() {
     assert_eq!(call.await.unwrap().unwrap(), 42);
     assert_eq!(queue_state(&name).await, (0, 0), "nothing left unacked, no consumer left");
     // Stopped consuming: a new call is not served (the queue stays, so it times out).
-    let err = client.call_with::<u64>(&name, kwargs! { "n" => 1 }, CallOptions::new().timeout(Duration::from_millis(200))).await;
+    let err = client
+        .call_with::<u64>(&name, kwargs! { "n" => 1 }, CallOptions::new().timeout(Duration::from_millis(200)))
+        .await;
     assert!(matches!(err, Err(RpcError::DeadlineExceeded { .. })), "{err:?}");
 }
 
@@ -425,7 +443,10 @@ async fn registering_a_name_twice_is_refused_and_unregister_needs_a_registered_n
     rpc.unregister(&name).await.unwrap();
     assert!(matches!(rpc.unregister(&name).await, Err(rpc_transport_amqp::Error::NotRegistered(_))));
     let long = "x".repeat(300);
-    assert!(matches!(rpc.register_async(&long, |a: T| async move { Ok::<_, HandlerError>(a.t) }).await, Err(rpc_transport_amqp::Error::InvalidName { .. })));
+    assert!(matches!(
+        rpc.register_async(&long, |a: T| async move { Ok::<_, HandlerError>(a.t) }).await,
+        Err(rpc_transport_amqp::Error::InvalidName { .. })
+    ));
     assert!(matches!(rpc.call::<u8>(&long, kwargs! {}).await, Err(RpcError::BadRequest { .. })));
 }
 
@@ -435,5 +456,8 @@ async fn oversized_call_fails_before_publishing() {
     let rpc = Rpc::builder().max_body_size(1024).create(channel).await.unwrap();
     let name = unique("big");
     let err = rpc.call::<u8>(&name, kwargs! { "blob" => "x".repeat(2000) }).await.unwrap_err();
-    assert!(matches!(&err, RpcError::BadRequest { reason } if reason.contains("exceeds the limit of 1024 bytes")), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::BadRequest { reason } if reason.contains("exceeds the limit of 1024 bytes")),
+        "{err:?}"
+    );
 }

@@ -67,7 +67,8 @@ async fn typed_calculator_client_runs_over_amqp() {
     }
 
     // The same methods by name, as a Python peer would call them.
-    let four: f64 = client_rpc.call("amqp_typed_calculator.calculate", kwargs! { "a" => 2, "op" => "+", "b" => 2 }).await.unwrap();
+    let four: f64 =
+        client_rpc.call("amqp_typed_calculator.calculate", kwargs! { "a" => 2, "op" => "+", "b" => 2 }).await.unwrap();
     assert_eq!(four, 4.0);
     // No such method: no queue, so the broker returns the request at once.
     let err = client_rpc.call::<f64>("amqp_typed_calculator.nope", kwargs! {}).await.unwrap_err();

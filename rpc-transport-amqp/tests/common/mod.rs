@@ -55,11 +55,20 @@ pub async fn queue_state(name: &str) -> (u32, u32) {
 /// A private reply queue for raw-protocol tests, and its consumer.
 pub async fn raw_reply_queue(channel: &Channel) -> (String, Consumer) {
     let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
         .await
         .expect("reply queue");
     let consumer = channel
-        .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
         .await
         .expect("consume reply queue");
     (queue.name().to_string(), consumer)
