@@ -32,7 +32,7 @@ pub struct RpcConfig {
     /// receive (no queue bound: `mandatory` publish returned) fails at once with
     /// `RpcError::Unavailable`, delivered with the confirm. Off: the broker does a confirm's
     /// less work per call (about 30% more calls/s at 64 in flight, BENCHMARKS.md); returned
-    /// requests are then collected every [`RETURN_POLL`](crate::config::RETURN_POLL) and still
+    /// requests are then collected every [`RETURN_POLL`] and still
     /// fail their call with `Unavailable`, but a request the broker loses without returning
     /// it (a nack) is only noticed at the call's deadline.
     pub publisher_confirms: bool,
