@@ -18,31 +18,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use rpc::amqp::Rpc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-/// The broker URL: `$RABBITMQ_URL`, or the local default.
-pub fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// `prefix-<uuid>`: a queue/method name no other test uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-pub async fn connect() -> Connection {
-    match Connection::connect(&url(), ConnectionProperties::default()).await {
-        Ok(conn) => conn,
-        Err(e) => panic!(
-            "no RabbitMQ broker at {} ({e}); start one with scripts/ensure-rabbitmq.sh",
-            rpc::amqp::wire::redact_url(&url())
-        ),
-    }
-}
+// The broker URL, unique names and a checked connection: the same helpers as the transport
+// crate's own broker tests.
+#[path = "../../rpc-transport-amqp/tests/common/mod.rs"]
+mod base;
+pub use base::{connect, unique, url};
 
 pub async fn channel() -> (Connection, Channel) {
     let conn = connect().await;
