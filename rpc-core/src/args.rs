@@ -91,16 +91,23 @@ impl Args {
 
     /// The arguments as text tokens, for text transports.
     ///
-    /// Named values are rendered in order; when `variadic` is set the last value must be an
-    /// array and each element becomes its own token.
+    /// Named values are rendered in order, which must be the parameters' order (`ordered`, see
+    /// [`Request::ordered`](crate::Request::ordered)); when `variadic` is set the last value
+    /// may be an array and each element becomes its own token.
     ///
     /// # Errors
-    /// [`RpcError::InvalidArgument`]-like [`RpcError::BadRequest`] when a value cannot be one
-    /// token (it contains a space, or is empty).
-    pub fn into_tokens(self, variadic: bool) -> Result<Vec<String>, RpcError> {
+    /// [`RpcError::BadRequest`] when named arguments come without the `ordered` promise, or a
+    /// value cannot be one token (it contains a space, or is empty).
+    pub fn into_tokens(self, ordered: bool, variadic: bool) -> Result<Vec<String>, RpcError> {
         let map = match self {
             Args::Text(tokens) => return Ok(tokens),
-            Args::Named(map) => map,
+            Args::Named(map) if ordered => map,
+            Args::Named(_) => {
+                return Err(RpcError::bad_request(
+                    "named arguments travel over a text transport only in parameter order: \
+                     use Args::Text, or the typed client (which promises the order)",
+                ))
+            }
         };
         let count = map.len();
         let mut tokens = Vec::with_capacity(count);

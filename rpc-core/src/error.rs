@@ -301,7 +301,8 @@ impl RpcError {
 ///
 /// Any `Result<T, E>` with `E: Display + 'static` works as a handler's return type. The code
 /// the caller sees in [`RpcError::Handler`] is, in order: the error itself when `E` is
-/// [`RpcError`] (it passes through unchanged), [`HandlerError::code`] when `E` is this type,
+/// [`RpcError::Handler`] (it passes through unchanged), the variant's kind for any other
+/// [`RpcError`] (a nested call's failure is this handler's error, not this call's), [`HandlerError::code`] when `E` is this type,
 /// otherwise the short name of `E`'s type (`CalcError`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
@@ -331,7 +332,17 @@ impl std::error::Error for HandlerError {}
 pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcError {
     let any: &dyn std::any::Any = &error;
     if let Some(rpc) = any.downcast_ref::<RpcError>() {
-        return rpc.clone();
+        return match rpc {
+            RpcError::Handler { .. } => rpc.clone(),
+            // Anything else is the handler's own failure (say, a nested call that timed out),
+            // not this call's: passed through, a gateway would read `unavailable` as "this
+            // server did not run the task" and run it again elsewhere.
+            other => RpcError::Handler {
+                target: target.to_owned(),
+                code: Some(other.kind().to_owned()),
+                message: other.to_string(),
+            },
+        };
     }
     if let Some(h) = any.downcast_ref::<HandlerError>() {
         return RpcError::Handler { target: target.to_owned(), code: Some(h.code.clone()), message: h.message.clone() };

@@ -10,7 +10,9 @@ use crate::{guard, BlockingPool, CallContext, Request, RpcError, Service, Servic
 
 /// A router from service names to services, with the pool their synchronous methods run on.
 ///
-/// Every server transport holds one behind an `Arc` and calls [`Registry::dispatch`].
+/// A server that routes by service name (the TCP Consumer) holds one behind an `Arc` and calls
+/// [`Registry::dispatch`]; one queue per method (RabbitMQ) uses each method's
+/// [`MethodHandler`](crate::MethodHandler) instead.
 #[derive(Clone, Default)]
 pub struct Registry {
     services: BTreeMap<&'static str, Arc<dyn Service>>,

@@ -20,6 +20,10 @@ pub struct Request {
     pub method: String,
     /// The arguments.
     pub args: Args,
+    /// Whether named arguments are in the method's parameter order (the typed client
+    /// guarantees it). Text transports send arguments as positional tokens, so they refuse
+    /// named arguments without this promise rather than guess the order.
+    pub ordered: bool,
     /// Whether the last named argument is a variadic parameter (its array is spread into
     /// separate tokens by text transports).
     pub variadic: bool,
@@ -31,7 +35,7 @@ pub struct Request {
 impl Request {
     /// A request with no explicit timeout.
     pub fn new(service: impl Into<String>, method: impl Into<String>, args: Args) -> Self {
-        Request { service: service.into(), method: method.into(), args, variadic: false, timeout: None }
+        Request { service: service.into(), method: method.into(), args, ordered: false, variadic: false, timeout: None }
     }
 
     /// Sets the deadline.
@@ -40,8 +44,9 @@ impl Request {
         self
     }
 
-    /// Marks the last named argument as variadic.
-    pub fn with_variadic(mut self, variadic: bool) -> Self {
+    /// Promises that named arguments are in parameter order, the last one variadic or not.
+    pub fn in_parameter_order(mut self, variadic: bool) -> Self {
+        self.ordered = true;
         self.variadic = variadic;
         self
     }

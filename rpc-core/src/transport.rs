@@ -60,7 +60,7 @@ impl Transport for MemoryTransport {
     async fn call(&self, mut request: Request) -> Result<Reply, RpcError> {
         if self.text {
             let args = std::mem::replace(&mut request.args, crate::Args::Text(Vec::new()));
-            request.args = crate::Args::Text(args.into_tokens(request.variadic)?);
+            request.args = crate::Args::Text(args.into_tokens(request.ordered, request.variadic)?);
             let value = self.registry.dispatch(request).await?;
             Ok(Reply::Text(crate::text::render(&value)))
         } else {

@@ -83,6 +83,11 @@ impl Calculator {
         text
     }
 
+    /// A handler whose nested call failed.
+    pub fn nested() -> Result<u8, RpcError> {
+        Err(RpcError::Unavailable { target: "other.method".into(), reason: "all down".into() })
+    }
+
     pub fn boom() -> u8 {
         panic!("the handler blew up")
     }
@@ -273,6 +278,18 @@ async fn handler_errors_carry_message_and_code() {
 }
 
 #[tokio::test]
+async fn a_nested_calls_error_reaches_the_caller_as_this_handlers_error_not_as_its_own_kind() {
+    let err = call_text("calculator", "nested", "").await.unwrap_err();
+    match &err {
+        RpcError::Handler { target, code: Some(code), message } => {
+            assert_eq!((target.as_str(), code.as_str()), ("calculator.nested", "unavailable"));
+            assert!(message.contains("other.method"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_panicking_handler_returns_an_error_and_the_next_call_succeeds() {
     let t = MemoryTransport::new(registry());
     for method in ["boom", "boom_async"] {
@@ -379,6 +396,16 @@ async fn text_transport_refuses_arguments_that_cannot_be_one_token() {
     let calc = CalculatorClient::new(MemoryTransport::text(registry()));
     let err = calc.echo("two words".into()).await.unwrap_err();
     assert!(matches!(&err, RpcError::BadRequest { reason } if reason.contains("'text'")), "{err:?}");
+}
+
+#[tokio::test]
+async fn named_arguments_in_no_promised_order_are_refused_by_a_text_transport_not_misassigned() {
+    // `b` before `a`: sent as positional tokens this would compute 3 - 10.
+    let request = Request::new("calculator", "calculate", kwargs! {"b" => 3.0, "op" => "-", "a" => 10.0});
+    let err = MemoryTransport::text(registry()).call(request.clone()).await.unwrap_err();
+    assert!(matches!(&err, RpcError::BadRequest { reason } if reason.contains("parameter order")), "{err:?}");
+    // The same request by name over a named-value transport is fine.
+    assert_eq!(MemoryTransport::new(registry()).call(request).await.unwrap(), Reply::Value(json!(7.0)));
 }
 
 #[tokio::test]

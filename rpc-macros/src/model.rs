@@ -231,6 +231,16 @@ impl<'a> Method<'a> {
                             continue;
                         }
                     };
+                    if ident.to_string().starts_with("__rpc") {
+                        push(
+                            &mut errors,
+                            syn::Error::new_spanned(
+                                ident,
+                                "names starting with `__rpc` are reserved for generated code",
+                            ),
+                        );
+                        continue;
+                    }
                     if let Some(bad) = unsupported_type(&pt.ty) {
                         push(&mut errors, bad);
                         continue;

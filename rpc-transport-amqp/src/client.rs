@@ -22,6 +22,9 @@ use crate::{wire, CallOptions, Codec};
 
 type Outcome = Result<Reply, RpcError>;
 
+/// Stands in for deadlines too far away to represent.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// One call waiting for its reply.
 struct Waiter {
     tx: oneshot::Sender<Outcome>,
@@ -204,7 +207,8 @@ async fn publish_and_wait(
     codec: Codec,
     correlation_id: &str,
 ) -> Result<Reply, RpcError> {
-    let deadline = Instant::now() + timeout;
+    // `Duration::MAX` means "no deadline"; a year is as good and cannot overflow.
+    let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + FAR_FUTURE);
     let key = wire::short(method).map_err(|reason| RpcError::bad_request(format!("method name: {reason}")))?;
     let Args::Named(map) = args else {
         return Err(RpcError::bad_request(format!(

@@ -612,7 +612,7 @@ impl Shared {
                 }
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.config.reconnect_max_delay);
+            delay = delay.saturating_mul(2).min(self.config.reconnect_max_delay);
         }
     }
 

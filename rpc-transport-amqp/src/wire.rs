@@ -80,7 +80,8 @@ pub fn request_properties(
         .with_type(TYPE_CALL.into())
         .with_headers(headers)
         // A TTL of 0 would drop the request before any server could see it.
-        .with_expiration(millis(timeout).max(1).to_string().into())
+        // RabbitMQ takes a TTL of at most 2^32 - 1 ms; longer means "no TTL" in practice.
+        .with_expiration(millis(timeout).clamp(1, u64::from(u32::MAX)).to_string().into())
         .with_delivery_mode(TRANSIENT)
         .with_timestamp(now_ms() / 1000)
 }

@@ -141,8 +141,11 @@ pub struct ProducerConfig {
     pub task_timeout: Duration,
     /// How long connecting to a consumer may take before it counts as down. Default 1 s.
     pub connect_timeout: Duration,
-    /// How long one attempt on one consumer may take before the task moves on. Default 10 s
-    /// (cut to what is left of the task's deadline).
+    /// How long one attempt on one consumer may take before the task moves on. Default 30 s,
+    /// the task's whole deadline: a slow task is not a dead consumer (a dead one refuses or
+    /// breaks the connection, which fails over at once), and a shorter attempt would run a
+    /// legitimately slow task on every consumer in turn. Lower it to fail over from consumers
+    /// that hang; it is always cut to what is left of the task's deadline.
     pub attempt_timeout: Duration,
     /// How long a failed consumer is avoided before it is tried again. Default 2 s; while it
     /// is marked down it is only tried when every other consumer has failed too.
@@ -157,7 +160,7 @@ impl Default for ProducerConfig {
             limits: Limits::default(),
             task_timeout: rpc_core::DEFAULT_TIMEOUT,
             connect_timeout: Duration::from_secs(1),
-            attempt_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(30),
             backoff: Duration::from_secs(2),
             max_reply: 16 * 1024 * 1024,
         }

@@ -118,9 +118,9 @@ impl RequestLine {
     /// [`RpcError::BadRequest`] when a name or an argument cannot travel as one token (empty,
     /// or holding a space or a control character).
     pub fn from_request(request: Request) -> Result<Self, RpcError> {
-        let variadic = request.variadic;
+        let (ordered, variadic) = (request.ordered, request.variadic);
         let target = request.target();
-        let args = request.args.into_tokens(variadic).map_err(|e| match e {
+        let args = request.args.into_tokens(ordered, variadic).map_err(|e| match e {
             RpcError::BadRequest { reason } => RpcError::bad_request(format!("{target}: {reason}")),
             other => other,
         })?;
@@ -420,11 +420,15 @@ mod tests {
     #[test]
     fn requests_render_named_and_variadic_arguments_as_tokens() {
         let request =
-            Request::new("neural_net", "predict", rpc_core::kwargs! { "inputs" => [1, 0] }).with_variadic(true);
+            Request::new("neural_net", "predict", rpc_core::kwargs! { "inputs" => [1, 0] }).in_parameter_order(true);
         assert_eq!(RequestLine::from_request(request).unwrap().encode(), b"neural_net predict 1 0\n");
         let request =
-            Request::new("calculator", "calculate", rpc_core::kwargs! { "a" => 2.0, "op" => "+", "b" => 0.5 });
+            Request::new("calculator", "calculate", rpc_core::kwargs! { "a" => 2.0, "op" => "+", "b" => 0.5 })
+                .in_parameter_order(false);
         assert_eq!(RequestLine::from_request(request).unwrap().encode(), b"calculator calculate 2 + 0.5\n");
+        // Without the promise of parameter order, names cannot become positions.
+        let unordered = Request::new("calculator", "calculate", rpc_core::kwargs! { "b" => 0.5, "a" => 2.0 });
+        assert!(matches!(RequestLine::from_request(unordered), Err(RpcError::BadRequest { .. })));
     }
 
     #[test]

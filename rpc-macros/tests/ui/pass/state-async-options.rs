@@ -27,6 +27,11 @@ impl NeuralNet {
         self.calls.store(0, Ordering::Relaxed);
     }
 
+    /// Parameters may use the names the generated code once used for its own.
+    pub fn names(ctx: String, method: String, args: u8) -> String {
+        format!("{ctx}{method}{args}")
+    }
+
     pub fn shout(mut text: String) -> String {
         text.make_ascii_uppercase();
         text
@@ -47,10 +52,11 @@ impl NeuralNet {
 async fn main() {
     let net = NeuralNet::new();
     assert_eq!(net.info().name, "nn");
-    assert_eq!(net.info().method_names(), ["predict", "calls", "reset", "shout", "old_predict"]);
+    assert_eq!(net.info().method_names(), ["predict", "calls", "reset", "names", "shout", "old_predict"]);
     let client = NeuralNetClient::new(MemoryTransport::new(Registry::new().with(net)));
     assert_eq!(client.predict(vec![1.0, 2.0]).await.unwrap(), 3.0);
     assert_eq!(client.call_count().await.unwrap(), 1);
     client.reset().await.unwrap();
     assert_eq!(client.shout("a".into()).await.unwrap(), "A");
+    assert_eq!(client.names("c".into(), "m".into(), 1).await.unwrap(), "cm1");
 }
