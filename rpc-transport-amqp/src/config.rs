@@ -54,6 +54,10 @@ pub struct RpcConfig {
     /// How long [`Rpc::close`](crate::Rpc::close) waits for in-flight requests to be
     /// answered before closing anyway.
     pub shutdown_grace: Duration,
+    /// The longest a server runs one request, whatever deadline the caller sent (5 min): a
+    /// caller cannot pin a prefetch slot for longer. The request then gets
+    /// `deadline_exceeded`.
+    pub max_run: Duration,
     /// The connection name shown by the broker (`rabbitmqctl list_connections
     /// client_properties`), for connections the `Rpc` opens itself.
     pub connection_name: Option<String>,
@@ -72,6 +76,7 @@ impl Default for RpcConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: Duration::from_secs(30),
+            max_run: Duration::from_secs(300),
             connection_name: None,
         }
     }

@@ -105,6 +105,13 @@ impl RpcBuilder {
         self
     }
 
+    /// The longest a server runs one request, whatever the caller's deadline
+    /// ([`RpcConfig::max_run`], 5 min).
+    pub fn max_run(mut self, limit: Duration) -> Self {
+        self.config.max_run = limit;
+        self
+    }
+
     /// How long [`Rpc::close`] waits for in-flight requests (30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;

@@ -145,7 +145,8 @@ async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec:
         Some(deadline) => Duration::from_millis(deadline - now),
         // A foreign caller: its TTL, or our default, bounds the run.
         None => wire::expiration(props).unwrap_or(shared.config.timeout),
-    };
+    }
+    .min(shared.config.max_run);
     let args = match codec.decode(&delivery.data) {
         Ok(Value::Object(map)) => Args::Named(map),
         Ok(Value::Null) => Args::Named(Map::new()),
