@@ -22,7 +22,7 @@ use common_amqp::{
 };
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 use rpc::amqp::{codec, CallOptions, Codec, Rpc};
@@ -214,28 +214,6 @@ async fn publish(channel: &Channel, routing_key: &str, props: BasicProperties, b
         .expect("publish confirm");
 }
 
-/// A private reply queue on `channel` and its consumer (no-ack).
-async fn reply_queue(channel: &Channel) -> (String, Consumer) {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue");
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume reply queue");
-    (queue.name().to_string(), consumer)
-}
-
 /// A reply read off a raw reply queue.
 #[derive(Debug)]
 struct RawReply {
@@ -348,7 +326,7 @@ async fn hostile_requests_each_get_their_documented_reply_and_the_server_keeps_s
         .await
         .unwrap();
     let (_raw_conn, raw) = common_amqp::channel().await;
-    let (rq, mut replies) = reply_queue(&raw).await;
+    let (rq, mut replies) = common_amqp::raw_reply_queue(&raw).await;
     let long_id = "i".repeat(255);
     let mut cases = hostile_cases(&rq, &long_id);
     // A flood of garbage: every one is answered, none takes the consumer down.
@@ -448,7 +426,7 @@ async fn sixteen_megabyte_requests_get_bad_request_replies_in_both_codecs_and_no
     let limit = rpc::amqp::config::DEFAULT_MAX_BODY_SIZE;
     let pad = "x".repeat(16 * 1024 * 1024);
     let (_raw_conn, raw) = common_amqp::channel().await;
-    let (rq, mut replies) = reply_queue(&raw).await;
+    let (rq, mut replies) = common_amqp::raw_reply_queue(&raw).await;
     let big_msgpack = msgpack(json!({"t": 1, "pad": pad}));
     let big_json = serde_json::to_vec(&json!({"t": 1, "pad": pad})).unwrap();
     publish(&raw, &name, call_props(&rq, "msgpack"), &big_msgpack).await;

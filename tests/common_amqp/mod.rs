@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 // crate's own broker tests.
 #[path = "../../rpc-transport-amqp/tests/common/mod.rs"]
 mod base;
-pub use base::{connect, unique, url};
+#[allow(unused_imports)] // each test binary uses its own part
+pub use base::{connect, raw_reply_queue, unique, url};
 
 pub async fn channel() -> (Connection, Channel) {
     let conn = connect().await;
