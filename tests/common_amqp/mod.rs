@@ -73,8 +73,11 @@ pub struct QueueCounts {
 pub async fn queue_counts(name: &str) -> QueueCounts {
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
+        let vhost = vhost_of(&url());
         let out = rabbitmqctl(&[
             "list_queues",
+            "-p",
+            &vhost,
             "-q",
             "--no-table-headers",
             "name",
@@ -95,6 +98,32 @@ pub async fn queue_counts(name: &str) -> QueueCounts {
     })
     .await
     .expect("rabbitmqctl task")
+}
+
+/// The virtual host an AMQP URL names: its percent-decoded path, `/` when there is none.
+pub fn vhost_of(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("", |i| &after_scheme[i + 1..]);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if path.is_empty() {
+        return "/".to_owned();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Polls [`queue_counts`] until `ok` holds, at most `limit`; returns the last counts and
