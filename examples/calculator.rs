@@ -12,9 +12,10 @@
 //! `calculator.calculate`, `neural_net.predict`, `neural_net.architecture`), take the
 //! Consumers' place, and one client `Rpc` shared by the crowd takes the Producer's. The
 //! broker spreads the requests over the workers; the summary counts what each one served.
-//! AMQP carries named arguments, so each text line is named with the method's metadata
-//! (`Args::text_to_named`: `calculator calculate 2 + 2` becomes `calculator.calculate
-//! {"a": 2, "op": "+", "b": 2}`). A method nobody serves has no queue, so there the broker
+//! AMQP carries named arguments, so each text line is named with the method's description
+//! (`MethodInfo::args_from_text`: `calculator calculate 2 + 2` becomes `calculator.calculate
+//! {"a": 2.0, "op": "+", "b": 2.0}`; tokens that do not fit the method are refused before
+//! sending, with the error a server would give). A method nobody serves has no queue, so there the broker
 //! answers (`unavailable`, at once) where a Consumer answers `unknown_method`. Without a
 //! broker the example says so and exits 1.
 //!
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use futures_util::future::BoxFuture;
 use rpc::amqp::Rpc;
-use rpc::core::{Args, CallContext, Reply, Request, RpcError, Service, ServiceInfo, Transport};
+use rpc::core::{Args, BlockingPool, Context, Reply, Request, RpcError, Service, ServiceInfo, Transport};
 use rpc::tcp::{Consumer, ConsumerConfig, Producer, ProducerConfig, TcpTransport};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -160,6 +161,9 @@ pub struct Summary {
     pub unexpected: Vec<String>,
     /// Tasks the broker answered itself because no queue is bound to their method (AMQP).
     pub unrouted: usize,
+    /// Tasks the client refused before sending them, because their tokens do not decode into
+    /// the method's parameters (AMQP carries named arguments, so the client names them first).
+    pub refused: usize,
     /// From the first task sent to the last answer.
     pub wall: Duration,
     /// Per consumer (TCP, the producer's counters) or per server worker (AMQP, counted by
@@ -189,7 +193,13 @@ impl Summary {
             if self.unrouted > 0 {
                 out += &format!("  answered by the broker (no queue for the method): {} tasks\n", self.unrouted);
             }
-            let accounted = self.served() + self.unrouted as u64;
+            if self.refused > 0 {
+                out += &format!(
+                    "  refused by the client before sending (arguments that do not fit the method): {} tasks\n",
+                    self.refused
+                );
+            }
+            let accounted = self.served() + (self.unrouted + self.refused) as u64;
             if accounted != self.tasks as u64 {
                 out += &format!(
                     "  {} tasks accounted for, {} sent: another server consumes these queues, or \
@@ -327,6 +337,7 @@ pub async fn demo(consumers: usize, tasks: usize, mut print: impl FnMut(String))
         errors: tally.errors,
         unexpected: tally.unexpected,
         unrouted: tally.unrouted,
+        refused: 0,
         wall: tally.wall,
         consumers,
     })
@@ -351,11 +362,12 @@ impl<S: Service> Service for Counted<S> {
         self: Arc<Self>,
         method: &str,
         args: Args,
-        ctx: &CallContext,
+        ctx: &Context,
+        pool: &BlockingPool,
     ) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
         // Counted before decoding: a request refused for its arguments is answered too.
         self.served.fetch_add(1, Ordering::Relaxed);
-        Arc::clone(&self.inner).call(method, args, ctx)
+        Arc::clone(&self.inner).call(method, args, ctx, pool)
     }
 }
 
@@ -372,15 +384,16 @@ async fn connect(builder: rpc::amqp::RpcBuilder, url: &str) -> Result<Rpc, DemoE
     }
 }
 
-/// A crowd line as a named-argument request, using the methods' metadata in `catalogue`.
+/// A crowd line as a named-argument request, using the methods' descriptions in `catalogue`.
 ///
 /// # Errors
-/// [`RpcError::ArgumentCount`] when the line has the wrong number of tokens for its method.
+/// What a server answers the same tokens ([`RpcError::ArgumentCount`],
+/// [`RpcError::InvalidArgument`]), decided before sending.
 fn named_request(line: &str, catalogue: &[&'static ServiceInfo]) -> Result<Request, RpcError> {
     let (service, method, tokens) = split_line(line);
     let info = catalogue.iter().find(|s| s.name == service).and_then(|s| s.method(&method));
     let args = match info {
-        Some(info) => Args::text_to_named(info, tokens)?,
+        Some(info) => info.args_from_text(tokens)?,
         // Without the method's metadata its tokens cannot be named: the request goes out
         // without them, and whoever serves the routing key answers (nobody, for the
         // repertoire's unknown method: the broker returns it as unroutable).
@@ -420,12 +433,17 @@ pub async fn demo_amqp(
         let client = connect(Rpc::builder().connection_name("calculator example client"), url).await?;
         started.push(client.clone());
 
+        let refused = Arc::new(AtomicU64::new(0));
         let call = |line: &'static str| {
             let (client, request) = (client.clone(), named_request(line, &catalogue));
+            if request.is_err() {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
             async move { Transport::call(&client, request?).await.map(Reply::into_text) }
         };
         let tally = crowd(TransportKind::Amqp, tasks, call, &mut print).await?;
-        Ok::<_, DemoError>((tally, counters))
+        let refused = usize::try_from(refused.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        Ok::<_, DemoError>((tally, counters, refused))
     }
     .await;
     // The client first (nothing is pending), then each worker: `close` answers what it took.
@@ -433,7 +451,7 @@ pub async fn demo_amqp(
     for rpc in started.iter().rev() {
         closed = closed.and(rpc.close().await);
     }
-    let (tally, counters) = outcome?;
+    let (tally, counters, refused) = outcome?;
     closed?;
     let consumers = counters
         .into_iter()
@@ -446,6 +464,7 @@ pub async fn demo_amqp(
         errors: tally.errors,
         unexpected: tally.unexpected,
         unrouted: tally.unrouted,
+        refused,
         wall: tally.wall,
         consumers,
     })

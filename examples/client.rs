@@ -133,7 +133,7 @@ pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
         let [service, method, args @ ..] = &cli.call[..] else {
             return Err(Failure::Usage("over TCP the call is `service method [args...]`".into()));
         };
-        let request = Request::new(service, method, Args::Text(args.to_vec())).with_timeout(cli.timeout);
+        let request = Request::new(service, method, Args::Text(args.to_vec())).with_deadline(cli.timeout);
         return TcpTransport::new(addr).call(request).await.map(|reply| reply.into_text()).map_err(Failure::Call);
     };
     Ok(text::render(&value))

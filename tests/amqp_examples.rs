@@ -83,8 +83,11 @@ async fn the_calculator_example_runs_its_crowd_on_two_rabbitmq_workers_and_every
     assert!(summary.errors >= 5, "the crowd provokes errors on purpose: {rendered}");
     // `calculator sqrt 2` (tasks 9 and 25) has no queue: the broker answers it.
     assert_eq!(summary.unrouted, 2, "{rendered}");
+    // `calculator calculate two + 2` (tasks 14 and 30) does not fit the method: the client
+    // refuses it before sending, with the error a server gives.
+    assert_eq!(summary.refused, 2, "{rendered}");
     assert_eq!(summary.consumers.len(), 2, "{rendered}");
-    assert_eq!(summary.served(), 38, "every routed task is served by one of the two workers: {rendered}");
+    assert_eq!(summary.served(), 36, "every routed task is served by one of the two workers: {rendered}");
     assert!(summary.consumers.iter().all(|w| w.served > 0), "the broker spreads the work: {rendered}");
     assert!(summary.consumers.iter().all(|w| w.failures.is_none()), "{rendered}");
 

@@ -776,7 +776,7 @@ async fn run_every_case(kind: Kind) {
 
 fn panic_text(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(payload) => rpc::core::guard::panic_message(payload.as_ref()),
+        Ok(payload) => rpc::core::run::panic_message(payload.as_ref()),
         Err(e) => e.to_string(),
     }
 }

@@ -1,16 +1,27 @@
-//! The example services on their own (in process): the calculator's operators and errors, and
-//! the neural network's XOR answers.
+//! The example services over the text protocol (a real Consumer on loopback): the
+//! calculator's operators and errors, and the neural network's XOR answers.
 
 #[path = "../examples/services/mod.rs"]
 mod services;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rpc::core::{MemoryTransport, Registry, RpcError};
+use rpc::tcp::{Consumer, ConsumerConfig, TcpTransport};
 use services::{Calculator, CalculatorClient, NeuralNet, NeuralNetClient};
 
-fn calculator() -> CalculatorClient<MemoryTransport> {
-    CalculatorClient::new(MemoryTransport::text(Registry::new().with(Calculator)))
+/// A Consumer for `registry` on a free loopback port, serving until the test ends.
+async fn consumer(registry: Registry) -> TcpTransport {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let consumer = Consumer::new(Arc::new(registry), ConsumerConfig::default());
+    tokio::spawn(async move { consumer.serve(listener, std::future::pending::<()>()).await });
+    TcpTransport::new(addr)
+}
+
+async fn calculator() -> CalculatorClient<TcpTransport> {
+    CalculatorClient::new(consumer(Registry::new().with(Calculator)).await)
 }
 
 fn handler_code(error: RpcError) -> String {
@@ -22,7 +33,7 @@ fn handler_code(error: RpcError) -> String {
 
 #[tokio::test]
 async fn the_calculator_supports_all_four_operators() {
-    let c = calculator();
+    let c = calculator().await;
     assert_eq!(c.calculate(2.0, "+".into(), 2.0).await.unwrap(), 4.0);
     assert_eq!(c.calculate(2.0, "-".into(), 5.0).await.unwrap(), -3.0);
     assert_eq!(c.calculate(1.5, "*".into(), 4.0).await.unwrap(), 6.0);
@@ -31,7 +42,7 @@ async fn the_calculator_supports_all_four_operators() {
 
 #[tokio::test]
 async fn the_calculator_names_its_errors() {
-    let c = calculator();
+    let c = calculator().await;
     assert_eq!(handler_code(c.calculate(1.0, "/".into(), 0.0).await.unwrap_err()), "division_by_zero");
     let unknown = c.calculate(1.0, "^".into(), 2.0).await.unwrap_err();
     assert!(unknown.to_string().contains("unknown operator \"^\" (expected one of + - * /)"), "{unknown}");
@@ -41,7 +52,7 @@ async fn the_calculator_names_its_errors() {
 
 #[tokio::test]
 async fn the_neural_net_answers_xor_for_all_four_inputs() {
-    let nn = NeuralNetClient::new(MemoryTransport::text(Registry::new().with(NeuralNet::shared())));
+    let nn = NeuralNetClient::new(consumer(Registry::new().with(NeuralNet::shared())).await);
     for (x1, x2, class) in [(0.0, 0.0, 0), (0.0, 1.0, 1), (1.0, 0.0, 1), (1.0, 1.0, 0)] {
         let p = nn.predict(vec![x1, x2]).await.unwrap();
         assert_eq!(p.class, class, "{x1} xor {x2}: {p:?}");
@@ -52,7 +63,7 @@ async fn the_neural_net_answers_xor_for_all_four_inputs() {
 
 #[tokio::test]
 async fn the_neural_net_refuses_the_wrong_number_of_inputs() {
-    let nn = NeuralNetClient::new(MemoryTransport::text(Registry::new().with(NeuralNet::shared())));
+    let nn = NeuralNetClient::new(consumer(Registry::new().with(NeuralNet::shared())).await);
     let error = nn.predict(vec![1.0]).await.unwrap_err();
     assert!(error.to_string().contains("expected 2 inputs (x1 x2), got 1"), "{error}");
     assert_eq!(handler_code(error), "invalid_input");
@@ -80,4 +91,14 @@ fn training_is_deterministic_and_fast_and_a_prediction_costs_real_cpu() {
     let predicted_in = started.elapsed();
     assert_eq!(p, b.predict(vec![1.0, 0.0]).unwrap());
     eprintln!("training: {trained_in:?}, one prediction: {predicted_in:?}, {:?} {p:?}", a.architecture());
+}
+
+#[tokio::test]
+async fn the_neural_net_answers_soundly_for_the_largest_finite_inputs() {
+    let nn = NeuralNetClient::new(consumer(Registry::new().with(NeuralNet::shared())).await);
+    for inputs in [vec![3.4e38, 3.4e38], vec![f32::MAX, -f32::MAX], vec![-3.4e38, 1.0]] {
+        let p = nn.predict(inputs.clone()).await.unwrap();
+        assert!(p.probability.is_finite() && (0.5..=1.0).contains(&p.probability), "{inputs:?}: {p:?}");
+        assert!(p.spread.is_finite(), "{inputs:?}: {p:?}");
+    }
 }

@@ -206,7 +206,7 @@ struct Scratch {
     b: Vec<f32>,
 }
 
-fn sigmoid(z: f32) -> f32 {
+fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
@@ -229,8 +229,12 @@ impl Mlp {
         output.clear();
         for o in 0..layer.outputs {
             let row = &layer.weights[o * layer.inputs..(o + 1) * layer.inputs];
-            let z = layer.biases[o] + row.iter().zip(input).map(|(w, x)| w * x).sum::<f32>();
-            output.push(if last { sigmoid(z) } else { z.tanh() });
+            // Summed in f64: any finite f32 input (up to 3.4e38) times a weight stays finite
+            // there, where an f32 sum would overflow to infinity and turn the answer into NaN.
+            let z = f64::from(layer.biases[o])
+                + row.iter().zip(input).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum::<f64>();
+            let activated = if last { sigmoid(z) } else { z.tanh() };
+            output.push(activated as f32);
         }
     }
 

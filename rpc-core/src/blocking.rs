@@ -59,7 +59,7 @@ impl BlockingPool {
             Ok(value) => Ok(value),
             Err(e) if e.is_panic() => Err(RpcError::Panic {
                 target: target.to_owned(),
-                message: crate::guard::panic_message(e.into_panic().as_ref()),
+                message: crate::run::panic_message(e.into_panic().as_ref()),
             }),
             Err(e) => Err(RpcError::Internal { message: format!("{target}: blocking task failed: {e}") }),
         }
@@ -69,19 +69,5 @@ impl BlockingPool {
 impl Default for BlockingPool {
     fn default() -> Self {
         Self::for_machine()
-    }
-}
-
-/// What a handler gets besides its arguments.
-#[derive(Debug, Clone, Default)]
-pub struct CallContext {
-    /// The pool synchronous handlers run on.
-    pub pool: BlockingPool,
-}
-
-impl CallContext {
-    /// A context using `pool`.
-    pub fn new(pool: BlockingPool) -> Self {
-        CallContext { pool }
     }
 }

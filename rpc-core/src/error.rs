@@ -116,6 +116,26 @@ pub enum RpcError {
         message: String,
     },
 
+    /// The call was cancelled before it finished: its caller went away (closed the
+    /// connection, dropped the call) or the server is shutting down.
+    #[error("{target}: cancelled")]
+    Cancelled {
+        /// `service.method`.
+        target: String,
+    },
+
+    /// A result (or an argument) held a non-finite number (NaN or an infinity), which no wire
+    /// format here can carry faithfully: JSON would turn it into `null`, a wrong answer.
+    #[error("{target}: {path} is not a finite number ({value})")]
+    NonFinite {
+        /// `service.method`.
+        target: String,
+        /// Where in the value: `result`, `result.probability`, `argument 'x'[2]`.
+        path: String,
+        /// `NaN`, `inf` or `-inf`.
+        value: String,
+    },
+
     /// The call did not finish within its deadline.
     #[error("{target}: deadline of {} exceeded", fmt_ms(*timeout_ms))]
     DeadlineExceeded {
@@ -222,6 +242,8 @@ impl RpcError {
             RpcError::InvalidArgument { .. } => "invalid_argument",
             RpcError::Handler { .. } => "handler",
             RpcError::Panic { .. } => "panic",
+            RpcError::Cancelled { .. } => "cancelled",
+            RpcError::NonFinite { .. } => "non_finite",
             RpcError::DeadlineExceeded { .. } => "deadline_exceeded",
             RpcError::Unavailable { .. } => "unavailable",
             RpcError::BadRequest { .. } => "bad_request",
@@ -243,10 +265,13 @@ impl RpcError {
     }
 
     /// A deadline error for `target` after `timeout`.
+    ///
+    /// The deadline is reported in whole milliseconds, rounded up: a 200 ms deadline measured
+    /// a few microseconds after it was set still reads 200 ms.
     pub fn deadline(target: impl Into<String>, timeout: Duration) -> Self {
         RpcError::DeadlineExceeded {
             target: target.into(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
         }
     }
 
@@ -267,7 +292,7 @@ impl RpcError {
     ///
     /// This is the one wire form of an error, whatever the transport.
     pub fn to_wire(&self) -> Value {
-        let mut object = match serde_json::to_value(self) {
+        let mut object = match serde_json::to_value(self.clone().bounded()) {
             Ok(Value::Object(map)) => map,
             // Unit variants serialize as {"kind": ...} too; anything else cannot happen, but
             // the message alone is still a faithful error.
@@ -277,8 +302,74 @@ impl RpcError {
                 m
             }
         };
-        object.insert("message".into(), Value::from(self.to_string()));
+        object.insert("message".into(), Value::from(bound_message(self.to_string())));
         Value::Object(object)
+    }
+
+    /// The same error with every text field cut to [`MAX_MESSAGE`] bytes, so an error never
+    /// carries unbounded text whatever built it (a handler echoing its input, a peer's reply).
+    #[must_use]
+    pub fn bounded(mut self) -> Self {
+        let mut cut = |s: &mut String| {
+            if s.len() > MAX_MESSAGE {
+                *s = bound_message(std::mem::take(s));
+            }
+        };
+        match &mut self {
+            RpcError::UnknownService { service, known } => {
+                cut(service);
+                known.iter_mut().for_each(cut);
+            }
+            RpcError::UnknownMethod { service, method, known } => {
+                cut(service);
+                cut(method);
+                known.iter_mut().for_each(cut);
+            }
+            RpcError::ArgumentCount { target, params, .. } | RpcError::UnexpectedArgument { target, params, .. } => {
+                cut(target);
+                params.iter_mut().for_each(cut);
+            }
+            RpcError::MissingArgument { target, param, ty } => {
+                cut(target);
+                cut(param);
+                cut(ty);
+            }
+            RpcError::InvalidArgument { target, param, ty, value, reason } => {
+                for s in [target, param, ty, value, reason] {
+                    cut(s);
+                }
+            }
+            RpcError::Handler { target, code, message } => {
+                cut(target);
+                code.iter_mut().for_each(&mut cut);
+                cut(message);
+            }
+            RpcError::Decode { target, ty, reason } => {
+                cut(target);
+                cut(ty);
+                cut(reason);
+            }
+            RpcError::NonFinite { target, path, value } => {
+                cut(target);
+                cut(path);
+                cut(value);
+            }
+            RpcError::Unavailable { target, reason } => {
+                cut(target);
+                cut(reason);
+            }
+            RpcError::Panic { target, message } => {
+                cut(target);
+                cut(message);
+            }
+            RpcError::Cancelled { target } | RpcError::DeadlineExceeded { target, .. } => cut(target),
+            RpcError::BadRequest { reason } | RpcError::Overloaded { reason } => cut(reason),
+            RpcError::Protocol { message } | RpcError::Internal { message } | RpcError::Transport { message, .. } => {
+                cut(message)
+            }
+            RpcError::Closed => {}
+        }
+        self
     }
 
     /// Rebuilds an error from its wire form.
@@ -288,13 +379,44 @@ impl RpcError {
     /// peer's error is never swallowed.
     pub fn from_wire(value: &Value, target: &str) -> Self {
         if let Ok(error) = RpcError::deserialize(value) {
-            return error;
+            return error.bounded();
         }
         let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
         let code = field("code").or_else(|| field("kind")).or_else(|| field("type"));
         let message = field("message").unwrap_or_else(|| value.to_string());
-        RpcError::Handler { target: target.to_owned(), code, message }
+        RpcError::Handler { target: target.to_owned(), code, message }.bounded()
     }
+}
+
+/// Longest text an error field carries, in bytes; longer text is cut by [`bound_message`].
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Longest user-supplied text an error message quotes whole, in characters; longer text is
+/// quoted as a prefix plus its length ([`quote`]).
+pub const QUOTE_LIMIT: usize = 64;
+
+/// `text` quoted for an error message: escaped like `{:?}`, and when it is longer than
+/// [`QUOTE_LIMIT`] characters, only its start followed by its length, so an error never
+/// echoes a large input back: `"\"\"\"\"…" (65536 bytes)`.
+pub fn quote(text: &str) -> String {
+    if text.chars().nth(QUOTE_LIMIT).is_none() {
+        return format!("{text:?}");
+    }
+    let prefix: String = text.chars().take(QUOTE_LIMIT / 2).collect();
+    format!("{prefix:?}… ({} bytes)", text.len())
+}
+
+/// `message` cut to at most [`MAX_MESSAGE`] bytes (at a character boundary), ending with how
+/// long it was when it had to be cut.
+pub fn bound_message(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE - 48;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut; {} bytes in all)", &message[..end], message.len())
 }
 
 /// An error a handler may return when it wants to name its code explicitly.
@@ -333,22 +455,31 @@ pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcEr
     let any: &dyn std::any::Any = &error;
     if let Some(rpc) = any.downcast_ref::<RpcError>() {
         return match rpc {
-            RpcError::Handler { .. } => rpc.clone(),
+            RpcError::Handler { .. } => rpc.clone().bounded(),
             // Anything else is the handler's own failure (say, a nested call that timed out),
             // not this call's: passed through, a gateway would read `unavailable` as "this
             // server did not run the task" and run it again elsewhere.
             other => RpcError::Handler {
                 target: target.to_owned(),
                 code: Some(other.kind().to_owned()),
-                message: other.to_string(),
+                message: bound_message(other.to_string()),
             },
         };
     }
     if let Some(h) = any.downcast_ref::<HandlerError>() {
-        return RpcError::Handler { target: target.to_owned(), code: Some(h.code.clone()), message: h.message.clone() };
+        return RpcError::Handler {
+            target: target.to_owned(),
+            code: Some(h.code.clone()),
+            message: bound_message(h.message.clone()),
+        }
+        .bounded();
     }
     let type_name = std::any::type_name::<E>();
     // `my_crate::CalcError` -> `CalcError`; generic types keep their arguments' last segment.
     let short = type_name.split('<').next().unwrap_or(type_name).rsplit("::").next().unwrap_or(type_name);
-    RpcError::Handler { target: target.to_owned(), code: Some(short.to_owned()), message: error.to_string() }
+    RpcError::Handler {
+        target: target.to_owned(),
+        code: Some(short.to_owned()),
+        message: bound_message(error.to_string()),
+    }
 }

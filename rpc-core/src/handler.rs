@@ -11,18 +11,23 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{handler_error, text, Args, CallContext, RpcError, Service};
+use crate::{handler_error, text, Args, BlockingPool, Context, RpcError, Service};
 
 /// One method, callable with [`Args`].
 pub trait Handler: Send + Sync + 'static {
     /// `service.method` or the registered name, for errors and logs.
     fn target(&self) -> &str;
 
-    /// Decodes `args` and starts the call.
+    /// Decodes `args` and starts the call; a synchronous handler runs on `pool`.
     ///
     /// # Errors
     /// An argument error before the call starts; the handler's error from the future.
-    fn call(&self, args: Args, ctx: &CallContext) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError>;
+    fn call(
+        &self,
+        args: Args,
+        ctx: &Context,
+        pool: &BlockingPool,
+    ) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError>;
 }
 
 /// A handler from an async function taking one `Deserialize` struct of named arguments.
@@ -75,8 +80,8 @@ fn decode_args<A: DeserializeOwned>(target: &str, args: Args) -> Result<A, RpcEr
         target: target.to_owned(),
         param: "kwargs".to_owned(),
         ty: std::any::type_name::<A>().to_owned(),
-        value,
-        reason,
+        reason: crate::args::bound_reason(reason, value.len()),
+        value: crate::args::clip(&value),
     };
     match args {
         Args::Text(tokens) => text::from_tokens(&tokens).map_err(|e| invalid(tokens.join(" "), e.to_string())),
@@ -95,10 +100,31 @@ fn decode_args<A: DeserializeOwned>(target: &str, args: Args) -> Result<A, RpcEr
 /// Serializes a handler's result.
 ///
 /// # Errors
-/// [`RpcError::Internal`] when the value does not serialize (a map with non-string keys).
-pub fn encode<T: Serialize + ?Sized>(target: &str, value: &T) -> Result<Value, RpcError> {
+/// [`RpcError::NonFinite`] when it holds a NaN or an infinity (JSON would turn it into a wrong
+/// `null`); [`RpcError::Internal`] when it does not serialize (a map with non-string keys).
+pub fn encode_result<T: Serialize + ?Sized>(target: &str, value: &T) -> Result<Value, RpcError> {
+    if let Some((path, found)) = crate::finite::find_non_finite(value) {
+        return Err(RpcError::NonFinite { target: target.to_owned(), path: format!("the result{path}"), value: found });
+    }
     serde_json::to_value(value)
         .map_err(|e| RpcError::Internal { message: format!("{target}: result does not serialize: {e}") })
+}
+
+/// Serializes an argument for sending (the typed client does, for each parameter).
+///
+/// # Errors
+/// [`RpcError::NonFinite`] for a NaN or an infinity; [`RpcError::BadRequest`] when the value
+/// does not serialize.
+pub fn encode_arg<T: Serialize + ?Sized>(target: &str, name: &str, value: &T) -> Result<Value, RpcError> {
+    if let Some((path, found)) = crate::finite::find_non_finite(value) {
+        return Err(RpcError::NonFinite {
+            target: target.to_owned(),
+            path: format!("argument '{name}'{path}"),
+            value: found,
+        });
+    }
+    serde_json::to_value(value)
+        .map_err(|e| RpcError::bad_request(format!("{target}: argument '{name}' does not serialize: {e}")))
 }
 
 impl<F, A, Fut, T, E> Handler for FnHandler<F, fn(A) -> Async>
@@ -113,13 +139,18 @@ where
         &self.target
     }
 
-    fn call(&self, args: Args, _ctx: &CallContext) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
+    fn call(
+        &self,
+        args: Args,
+        _ctx: &Context,
+        _pool: &BlockingPool,
+    ) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
         let a = decode_args::<A>(&self.target, args)?;
         let target = self.target.clone();
         let fut = (self.f)(a);
         Ok(async move {
             match fut.await {
-                Ok(v) => encode(&target, &v),
+                Ok(v) => encode_result(&target, &v),
                 Err(e) => Err(handler_error(&target, e)),
             }
         }
@@ -138,14 +169,19 @@ where
         &self.target
     }
 
-    fn call(&self, args: Args, ctx: &CallContext) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
+    fn call(
+        &self,
+        args: Args,
+        _ctx: &Context,
+        pool: &BlockingPool,
+    ) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
         let a = decode_args::<A>(&self.target, args)?;
         let target = self.target.clone();
         let f = Arc::clone(&self.f);
-        let pool = ctx.pool.clone();
+        let pool = pool.clone();
         Ok(async move {
             match pool.run(&target, move || f(a)).await? {
-                Ok(v) => encode(&target, &v),
+                Ok(v) => encode_result(&target, &v),
                 Err(e) => Err(handler_error(&target, e)),
             }
         }
@@ -178,7 +214,12 @@ impl Handler for MethodHandler {
         self.target
     }
 
-    fn call(&self, args: Args, ctx: &CallContext) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
-        Arc::clone(&self.service).call(self.method, args, ctx)
+    fn call(
+        &self,
+        args: Args,
+        ctx: &Context,
+        pool: &BlockingPool,
+    ) -> Result<BoxFuture<'static, Result<Value, RpcError>>, RpcError> {
+        Arc::clone(&self.service).call(self.method, args, ctx, pool)
     }
 }

@@ -2,19 +2,23 @@
 //!
 //! A *service* is a plain Rust type whose methods are callable by name; `#[rpc_service]`
 //! (crate `rpc-macros`) implements [`Service`] for it and generates a typed client. This crate
-//! has no network code: transports (`rpc-transport-tcp`, `rpc-transport-amqp`) move a
-//! [`Request`] one way and a [`Reply`] or [`RpcError`] the other.
+//! has no network code: transports (`rpc-transport-tcp`, `rpc-transport-amqp`, `rpc-http`)
+//! move a [`Request`] one way and a [`Reply`] or [`RpcError`] the other.
 //!
 //! Layout:
-//! - [`service`]: the [`Service`] trait and method metadata ([`ServiceInfo`], [`MethodInfo`]);
+//! - [`service`]: the [`Service`] trait and its compile-time description ([`ServiceInfo`],
+//!   [`MethodInfo`], [`ParamInfo`], [`TypeInfo`] with JSON Schemas);
 //! - [`registry`]: [`Registry`], many services behind one endpoint, dispatched by name;
-//! - [`args`]: [`Args`] (positional text tokens or named values) and [`ArgReader`];
+//! - [`run`](mod@run): the server-side run policy (deadline cap, panics, cancellation) every
+//!   server applies around a handler;
+//! - [`context`]: [`Context`] (deadline, [`Metadata`], trace id, cancellation), what travels
+//!   with every call;
+//! - [`request`]: [`Request`] and [`Reply`];
+//! - [`args`]: [`Args`], positional text tokens or named values;
 //! - [`text`]: the text shape of values (token decoding, result rendering);
 //! - [`handler`]: [`Handler`], one callable method (plain functions or service methods);
 //! - [`blocking`]: [`BlockingPool`], where synchronous handlers run;
-//! - [`guard`](mod@guard): panics and deadlines around every handler;
-//! - [`request`]: [`Request`] and [`Reply`];
-//! - [`transport`]: the client-side [`Transport`] trait and [`MemoryTransport`];
+//! - [`transport`]: the client-side [`Transport`] trait; [`memory`]: [`MemoryTransport`];
 //! - [`error`]: [`RpcError`] and its wire form.
 //!
 //! ```
@@ -44,30 +48,47 @@
 
 pub mod args;
 pub mod blocking;
+pub mod context;
 pub mod error;
-pub mod guard;
+mod finite;
 pub mod handler;
+pub mod memory;
 pub mod registry;
 pub mod request;
+pub mod run;
 pub mod service;
 pub mod text;
 pub mod transport;
 
-pub use args::{ArgReader, Args};
-pub use blocking::{BlockingPool, CallContext};
+pub use args::Args;
+pub use blocking::BlockingPool;
+pub use context::{Context, Metadata, MetadataError};
 pub use error::{handler_error, HandlerError, RpcError};
-pub use guard::guard;
 pub use handler::{Handler, MethodHandler};
+pub use memory::MemoryTransport;
 pub use registry::Registry;
-pub use request::{Reply, Request, DEFAULT_TIMEOUT};
-pub use service::{MethodInfo, ParamInfo, Service, ServiceInfo};
-pub use transport::{MemoryTransport, Transport};
+pub use request::{Reply, Request, DEFAULT_DEADLINE};
+pub use service::{MethodInfo, ParamInfo, Service, ServiceInfo, TypeInfo};
+pub use transport::Transport;
 
 /// Re-exports for generated code and `kwargs!`; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::encode;
+    pub use crate::args::ArgReader;
+    pub use crate::handler::{encode_arg, encode_result};
+    pub use crate::request::ClientDefaults;
+    pub use crate::service::probe::{Fallback, SchemaProbe, ViaJsonSchema};
     pub use futures_util::future::BoxFuture;
     pub use futures_util::FutureExt;
+    pub use schemars::{Schema, SchemaGenerator};
     pub use serde_json;
+
+    /// The error for a method `service` does not have (`method` shown bounded).
+    pub fn unknown_method(service: &str, method: &str, known: &[&str]) -> crate::RpcError {
+        crate::RpcError::UnknownMethod {
+            service: service.to_owned(),
+            method: crate::args::clip(method),
+            known: known.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
 }

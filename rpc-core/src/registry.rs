@@ -6,32 +6,38 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{guard, BlockingPool, CallContext, Request, RpcError, Service, ServiceInfo};
+use crate::args::clip;
+use crate::run::{effective_context, run};
+use crate::service::RESERVED_PREFIX;
+use crate::{BlockingPool, Request, RpcError, Service, ServiceInfo};
 
-/// A router from service names to services, with the pool their synchronous methods run on.
+/// A router from service names to services, with the pool their synchronous methods run on and
+/// the longest a call may run.
 ///
-/// A server that routes by service name (the TCP Consumer) holds one behind an `Arc` and calls
-/// [`Registry::dispatch`]; one queue per method (RabbitMQ) uses each method's
-/// [`MethodHandler`](crate::MethodHandler) instead.
+/// A server that routes by service name (the TCP Consumer, the HTTP front, [`MemoryTransport`](crate::MemoryTransport))
+/// holds one behind an `Arc` and calls [`Registry::dispatch`]; one queue per method (RabbitMQ)
+/// uses each method's [`MethodHandler`](crate::MethodHandler) under the same
+/// [run policy](crate::run).
 #[derive(Clone, Default)]
 pub struct Registry {
     services: BTreeMap<&'static str, Arc<dyn Service>>,
-    ctx: CallContext,
-    max_timeout: Option<Duration>,
+    pool: BlockingPool,
+    max_deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("services", &self.services.keys().collect::<Vec<_>>())
-            .field("ctx", &self.ctx)
-            .field("max_timeout", &self.max_timeout)
+            .field("pool", &self.pool)
+            .field("max_deadline", &self.max_deadline)
             .finish()
     }
 }
 
 impl Registry {
-    /// An empty registry whose blocking pool is sized for this machine.
+    /// An empty registry whose blocking pool is sized for this machine, with no cap on how
+    /// long a call runs beyond its caller's deadline.
     pub fn new() -> Self {
         Self::default()
     }
@@ -39,8 +45,9 @@ impl Registry {
     /// Adds a service (builder style).
     ///
     /// # Panics
-    /// When a service with the same wire name is already registered: that is a programming
-    /// error caught at start-up, like a duplicate route.
+    /// When a service with the same wire name is already registered, or its name is reserved
+    /// (starts with `_rpc`): programming errors caught at start-up, like a duplicate route.
+    #[must_use]
     pub fn with<S: Service>(mut self, service: S) -> Self {
         self.register(service);
         self
@@ -60,30 +67,37 @@ impl Registry {
     /// As [`Registry::with`].
     pub fn register_arc(&mut self, service: Arc<dyn Service>) -> &mut Self {
         let name = service.info().name;
+        assert!(
+            !name.starts_with(RESERVED_PREFIX),
+            "service names starting with '{RESERVED_PREFIX}' are reserved for the framework: '{name}'"
+        );
         assert!(self.services.insert(name, service).is_none(), "a service named '{name}' is already registered");
         self
     }
 
     /// Uses `pool` for synchronous handlers.
+    #[must_use]
     pub fn with_blocking_pool(mut self, pool: BlockingPool) -> Self {
-        self.ctx.pool = pool;
+        self.pool = pool;
         self
     }
 
-    /// Caps every call's run time at `limit`, whatever the request asks for.
-    pub fn with_max_timeout(mut self, limit: Duration) -> Self {
-        self.max_timeout = Some(limit);
+    /// No call runs longer than `max_deadline`, whatever deadline its caller sent; a call that
+    /// sent none gets this one.
+    #[must_use]
+    pub fn with_max_deadline(mut self, max_deadline: Duration) -> Self {
+        self.max_deadline = Some(max_deadline);
         self
+    }
+
+    /// The cap set by [`Registry::with_max_deadline`].
+    pub fn max_deadline(&self) -> Option<Duration> {
+        self.max_deadline
     }
 
     /// The pool synchronous handlers run on.
     pub fn blocking_pool(&self) -> &BlockingPool {
-        &self.ctx.pool
-    }
-
-    /// The context handed to handlers.
-    pub fn context(&self) -> &CallContext {
-        &self.ctx
+        &self.pool
     }
 
     /// The service named `name`.
@@ -96,28 +110,35 @@ impl Registry {
         self.services.values().map(|s| s.info())
     }
 
-    /// Calls `request.method` on `request.service`.
-    ///
-    /// The call's run time is bounded by the request's timeout and by
-    /// [`Registry::with_max_timeout`], whichever is shorter. A panicking handler yields
-    /// [`RpcError::Panic`]; the registry keeps serving.
+    /// Every registered service's description, as one JSON document:
+    /// `{"services": [..each ServiceInfo::describe_with..], "definitions": {..}}`.
+    pub fn describe(&self) -> Value {
+        let mut generator = crate::service::generator();
+        let services: Vec<Value> = self.services().map(|s| s.describe_with(&mut generator)).collect();
+        serde_json::json!({"services": services, "definitions": crate::service::definitions(&mut generator)})
+    }
+
+    /// Calls `request.method` on `request.service` under the [run policy](crate::run): the
+    /// request's context, deadline capped by [`Registry::with_max_deadline`], reaches the
+    /// handler; a panicking handler yields [`RpcError::Panic`] and the registry keeps serving;
+    /// cancelling the request's context ends the call with [`RpcError::Cancelled`].
     ///
     /// # Errors
     /// [`RpcError::UnknownService`], and whatever [`Service::call`] or the handler returns.
     pub async fn dispatch(&self, request: Request) -> Result<Value, RpcError> {
-        let Request { service, method, args, timeout, .. } = request;
+        let Request { service, method, args, context, .. } = request;
         let svc = self.services.get(service.as_str()).ok_or_else(|| RpcError::UnknownService {
-            service: service.clone(),
+            service: clip(&service),
             known: self.services.keys().map(|k| (*k).to_owned()).collect(),
         })?;
         let info = svc.info();
-        let target = info.method(&method).map_or_else(|| format!("{service}.{method}"), |m| m.target.to_owned());
-        let timeout = match (timeout, self.max_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        // Decoding and the handler both run inside the guard, so a panicking Deserialize impl
+        let target = info
+            .method(&method)
+            .map_or_else(|| format!("{}.{}", clip(&service), clip(&method)), |m| m.target.to_owned());
+        let ctx = effective_context(context, self.max_deadline);
+        // Decoding and the handler both run under the policy, so a panicking Deserialize impl
         // is caught too.
-        guard(&target, timeout, async move { Arc::clone(svc).call(&method, args, &self.ctx)?.await }).await
+        let call = async { Arc::clone(svc).call(&method, args, &ctx, &self.pool)?.await };
+        run(&target, &ctx, call).await
     }
 }

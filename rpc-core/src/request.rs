@@ -5,13 +5,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{text, Args, RpcError};
+use crate::{text, Args, Context, RpcError};
 
-/// How long a call waits for its reply unless told otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits for its reply when neither the call nor its client sets a deadline.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// One call: which method, with which arguments, by when.
-#[derive(Debug, Clone, PartialEq)]
+/// One call: which method, with which arguments, and its [`Context`] (deadline, metadata,
+/// trace id).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Request {
     /// The service's wire name (`calculator`).
@@ -27,24 +28,46 @@ pub struct Request {
     /// Whether the last named argument is a variadic parameter (its array is spread into
     /// separate tokens by text transports).
     pub variadic: bool,
-    /// How long the caller will wait; transports enforce it and servers may skip work whose
-    /// caller has given up. `None` means the transport's default.
-    pub timeout: Option<Duration>,
+    /// The caller's deadline (`None`: the transport's default), metadata and trace id;
+    /// transports carry what their wire can, and servers hand it to the handler.
+    pub context: Context,
 }
 
 impl Request {
-    /// A request with no explicit timeout.
+    /// A request whose context is [`Context::for_outgoing_call`]: empty, or inherited from the
+    /// handler this call is made from.
     pub fn new(service: impl Into<String>, method: impl Into<String>, args: Args) -> Self {
-        Request { service: service.into(), method: method.into(), args, ordered: false, variadic: false, timeout: None }
+        Request {
+            service: service.into(),
+            method: method.into(),
+            args,
+            ordered: false,
+            variadic: false,
+            context: Context::for_outgoing_call(),
+        }
     }
 
-    /// Sets the deadline.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+    /// Sets the deadline `deadline` from now (an inherited earlier deadline is kept).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.context = self.context.with_deadline(deadline);
         self
     }
 
+    /// Replaces the context.
+    #[must_use]
+    pub fn with_context(mut self, context: Context) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// How long the caller waits: what is left of the context's deadline, or `default`.
+    pub fn remaining_or(&self, default: Duration) -> Duration {
+        self.context.remaining().unwrap_or(default)
+    }
+
     /// Promises that named arguments are in parameter order, the last one variadic or not.
+    #[must_use]
     pub fn in_parameter_order(mut self, variadic: bool) -> Self {
         self.ordered = true;
         self.variadic = variadic;
@@ -90,5 +113,39 @@ impl Reply {
             Reply::Text(s) => s,
             Reply::Value(v) => text::render(&v),
         }
+    }
+}
+
+/// What a generated typed client applies to each of its calls; not a public API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct ClientDefaults {
+    /// The client's deadline for each call.
+    pub deadline: Option<Duration>,
+    /// The context calls start from instead of the current handler's.
+    pub context: Option<Context>,
+    /// Metadata added to every call.
+    pub metadata: crate::Metadata,
+}
+
+impl ClientDefaults {
+    /// The context of one new call.
+    pub fn context(&self) -> Context {
+        let mut ctx = match &self.context {
+            Some(base) => base.child(),
+            None => Context::for_outgoing_call(),
+        };
+        if let Some(deadline) = self.deadline {
+            ctx = ctx.with_deadline(deadline);
+        }
+        if !self.metadata.is_empty() {
+            let metadata = ctx.metadata_mut();
+            for (key, value) in self.metadata.iter() {
+                // Entries passed the same checks when they were set; only the total can
+                // overflow, and then the inherited entries are kept.
+                let _ = metadata.insert(key, value);
+            }
+        }
+        ctx
     }
 }

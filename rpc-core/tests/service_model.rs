@@ -303,7 +303,7 @@ async fn a_panicking_handler_returns_an_error_and_the_next_call_succeeds() {
 #[tokio::test]
 async fn a_deadline_ends_a_slow_call_with_deadline_exceeded() {
     let t = MemoryTransport::new(registry());
-    let req = Request::new("calculator", "sleep_async", text("5000")).with_timeout(Duration::from_millis(50));
+    let req = Request::new("calculator", "sleep_async", text("5000")).with_deadline(Duration::from_millis(50));
     let err = t.call(req).await.unwrap_err();
     assert!(matches!(&err, RpcError::DeadlineExceeded { timeout_ms: 50, .. }), "{err:?}");
 }
@@ -371,8 +371,9 @@ async fn the_blocking_pool_bounds_concurrent_sync_handlers() {
 }
 
 #[tokio::test]
-async fn typed_client_round_trips_over_both_shapes() {
-    for transport in [MemoryTransport::new(registry()), MemoryTransport::text(registry())] {
+async fn typed_client_round_trips_every_argument_shape() {
+    // The text shape of the same calls runs over a real Consumer in rpc-transport-tcp's tests.
+    for transport in [MemoryTransport::new(registry())] {
         let calc = CalculatorClient::new(transport.clone());
         assert_eq!(calc.calculate(2.0, "+".into(), 2.0).await.unwrap(), 4.0);
         assert_eq!(calc.apply(6, Op::Mul, 7).await.unwrap(), 42);
@@ -385,26 +386,16 @@ async fn typed_client_round_trips_over_both_shapes() {
         calc.nothing().await.unwrap();
         let err = calc.calculate(1.0, "/".into(), 0.0).await.unwrap_err();
         assert!(matches!(err, RpcError::Handler { code: Some(ref c), .. } if c == "division_by_zero"), "{err:?}");
-        let counter = CounterClient::new(transport).with_timeout(Duration::from_secs(5));
+        let counter = CounterClient::new(transport).with_deadline(Duration::from_secs(5));
         let before = counter.peek().await.unwrap();
         assert_eq!(counter.hit().await.unwrap(), before + 1);
     }
 }
 
 #[tokio::test]
-async fn text_transport_refuses_arguments_that_cannot_be_one_token() {
-    let calc = CalculatorClient::new(MemoryTransport::text(registry()));
-    let err = calc.echo("two words".into()).await.unwrap_err();
-    assert!(matches!(&err, RpcError::BadRequest { reason } if reason.contains("'text'")), "{err:?}");
-}
-
-#[tokio::test]
-async fn named_arguments_in_no_promised_order_are_refused_by_a_text_transport_not_misassigned() {
-    // `b` before `a`: sent as positional tokens this would compute 3 - 10.
+async fn named_arguments_in_any_order_reach_their_parameters_over_a_named_transport() {
+    // `b` before `a`: a text transport refuses this order (rpc-transport-tcp's tests).
     let request = Request::new("calculator", "calculate", kwargs! {"b" => 3.0, "op" => "-", "a" => 10.0});
-    let err = MemoryTransport::text(registry()).call(request.clone()).await.unwrap_err();
-    assert!(matches!(&err, RpcError::BadRequest { reason } if reason.contains("parameter order")), "{err:?}");
-    // The same request by name over a named-value transport is fine.
     assert_eq!(MemoryTransport::new(registry()).call(request).await.unwrap(), Reply::Value(json!(7.0)));
 }
 
@@ -484,5 +475,115 @@ fn a_foreign_error_becomes_a_handler_error_with_its_type_as_code() {
     assert!(
         matches!(&err, RpcError::Handler { code: Some(c), message, target } if c == "ValueError" && message == "ValueError('boom')" && target == "foo"),
         "{err:?}"
+    );
+}
+
+#[test]
+fn text_tokens_become_the_named_arguments_a_server_would_decode_from_them() {
+    let registry = registry();
+    let info = registry.service("calculator").unwrap().info();
+    let named = |method: &str, line: &str| -> Result<serde_json::Value, RpcError> {
+        let tokens = line.split(' ').filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        match info.method(method).unwrap().args_from_text(tokens)? {
+            Args::Named(map) => Ok(serde_json::Value::Object(map)),
+            other => panic!("expected named arguments, got {other:?}"),
+        }
+    };
+    let args = named("calculate", "2 + 2").unwrap();
+    assert_eq!(args, json!({"a": 2.0, "op": "+", "b": 2.0}));
+    let keys: Vec<&String> = args.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    assert_eq!(keys, ["a", "op", "b"], "parameters in declaration order");
+    assert_eq!(named("calculate", "1e3 * -2.5").unwrap(), json!({"a": 1000.0, "op": "*", "b": -2.5}));
+    // A string parameter takes its token verbatim, even when it looks like JSON.
+    for op in ["42", "\"x\"", "[1,2]", "null"] {
+        assert_eq!(named("calculate", &format!("1 {op} 2")).unwrap()["op"], json!(op), "op token {op:?}");
+    }
+    // Enums by name, options by `null`, variadic tails as one array.
+    assert_eq!(named("apply", "6 * 7").unwrap(), json!({"a": 6, "op": "*", "b": 7}));
+    assert_eq!(named("greet", "null").unwrap(), json!({"name": null}));
+    assert_eq!(named("greet", "bo").unwrap(), json!({"name": "bo"}));
+    assert_eq!(named("stats", "s 1 2 6").unwrap(), json!({"label": "s", "values": [1.0, 2.0, 6.0]}));
+    assert_eq!(named("stats", "s").unwrap(), json!({"label": "s", "values": []}));
+    // The errors are a server's for the same tokens.
+    let few = named("calculate", "2 +").unwrap_err();
+    assert_eq!(few.to_string(), "calculator.calculate: expected 3 arguments (a: f64, op: String, b: f64), got 2");
+    let bad = named("calculate", "two + 2").unwrap_err();
+    assert!(
+        bad.to_string().starts_with("calculator.calculate: argument 'a' (f64): invalid float literal"),
+        "expected the server's message for a bad float, got {bad}"
+    );
+}
+
+#[test]
+fn positional_json_values_become_named_arguments_in_parameter_order() {
+    let registry = registry();
+    let info = registry.service("calculator").unwrap().info();
+    let calculate = info.method("calculate").unwrap();
+    let args = calculate.args_from_positional(vec![json!(2), json!("+"), json!(3)]).unwrap();
+    assert_eq!(args, kwargs! {"a" => 2, "op" => "+", "b" => 3});
+    let stats = info.method("stats").unwrap();
+    assert_eq!(
+        stats.args_from_positional(vec![json!("s"), json!(1), json!(2)]).unwrap(),
+        kwargs! {"label" => "s", "values" => [1, 2]}
+    );
+    let err = calculate.args_from_positional(vec![json!(1)]).unwrap_err();
+    assert!(matches!(err, RpcError::ArgumentCount { expected: 3, got: 1, .. }), "{err:?}");
+}
+
+#[test]
+fn the_description_lists_methods_with_json_schemas_and_docs() {
+    let registry = registry();
+    let description = registry.service("calculator").unwrap().info().describe();
+    assert_eq!(description["name"], "calculator");
+    let methods = description["methods"].as_array().unwrap();
+    let calculate = methods.iter().find(|m| m["name"] == "calculate").unwrap();
+    assert_eq!(calculate["doc"], "`calculator calculate 2 + 2`.");
+    assert_eq!(
+        calculate["params"][0],
+        json!({"name": "a", "type": "f64", "schema": {"type": "number", "format": "double"}})
+    );
+    assert_eq!(calculate["params"][1]["schema"], json!({"type": "string"}));
+    assert_eq!(calculate["returns"], json!({"type": "f64", "schema": {"type": "number", "format": "double"}}));
+    // A type without a JsonSchema impl still gets an honest, open schema naming it.
+    let stats = methods.iter().find(|m| m["name"] == "stats").unwrap();
+    let returned = stats["returns"]["schema"].to_string();
+    assert!(returned.contains("Stats") && returned.contains("JsonSchema"), "{returned}");
+    // The registry describes every service at once.
+    let all = registry.describe();
+    let names: Vec<&str> = all["services"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["calculator", "ctr"]);
+}
+
+#[tokio::test]
+async fn a_non_finite_result_is_an_error_not_a_null() {
+    let t = MemoryTransport::new(registry());
+    let calc = CalculatorClient::new(t.clone());
+    let err = calc.calculate(1e308, "*".into(), 10.0).await.unwrap_err();
+    assert!(
+        matches!(&err, RpcError::NonFinite { path, value, .. } if path == "the result" && value == "inf"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "non_finite");
+    // The caller cannot send one either: it would arrive as null.
+    let err = calc.calculate(f64::NAN, "+".into(), 1.0).await.unwrap_err();
+    assert!(matches!(&err, RpcError::NonFinite { path, .. } if path == "argument 'a'"), "{err:?}");
+}
+
+#[tokio::test]
+async fn errors_quote_a_huge_argument_by_a_prefix_and_its_length() {
+    let t = MemoryTransport::new(registry());
+    let huge = "\"".repeat(64 * 1024);
+    for args in [Args::Text(vec![huge.clone(), "+".into(), "2".into()]), kwargs! {"a" => huge, "op" => "+", "b" => 2}] {
+        let err = t.call(Request::new("calculator", "calculate", args)).await.unwrap_err();
+        let wire = err.to_wire().to_string();
+        assert!(wire.len() < 2048, "a 64 KiB argument gave a {}-byte error: {}", wire.len(), &wire[..200]);
+        assert!(err.to_string().contains("65536 bytes"), "the message names the argument's length: {err}");
+    }
+    let huge_service = "s".repeat(60_000);
+    let err = t.call(Request::new(huge_service, "m", text(""))).await.unwrap_err();
+    assert!(
+        err.to_wire().to_string().len() < 2048,
+        "unknown service echoed whole: {} bytes",
+        err.to_wire().to_string().len()
     );
 }

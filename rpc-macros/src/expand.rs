@@ -1,7 +1,7 @@
 //! Code generation: one function per generated item.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{ImplItem, ItemImpl};
 
@@ -97,7 +97,8 @@ fn service_impl(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
     let name = &service.name;
     let doc = &service.doc;
     let count = service.methods.len();
-    let infos = service.methods.iter().map(|m| method_info(service, m, krate));
+    let infos = service.methods.iter().enumerate().map(|(i, m)| method_info(service, m, i, krate));
+    let helpers = service.methods.iter().enumerate().map(|(i, m)| method_helpers(service, m, i, krate));
     let arms = service.methods.iter().enumerate().map(|(i, m)| call_arm(service, m, i, krate));
     let known = service.methods.iter().map(|m| &m.wire_name);
     quote! {
@@ -105,6 +106,8 @@ fn service_impl(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
             static __RPC_METHODS: [#krate::MethodInfo; #count] = [#(#infos),*];
             static __RPC_SERVICE: #krate::ServiceInfo =
                 #krate::ServiceInfo::new(#name, #doc, &__RPC_METHODS);
+
+            #(#helpers)*
 
             #[automatically_derived]
             impl #krate::Service for #self_ty {
@@ -117,18 +120,15 @@ fn service_impl(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
                     self: ::std::sync::Arc<Self>,
                     __rpc_method: &::core::primitive::str,
                     __rpc_args: #krate::Args,
-                    __rpc_ctx: &#krate::CallContext,
+                    __rpc_ctx: &#krate::Context,
+                    __rpc_pool: &#krate::BlockingPool,
                 ) -> ::core::result::Result<
                     #krate::__private::BoxFuture<'static, ::core::result::Result<#krate::__private::serde_json::Value, #krate::RpcError>>,
                     #krate::RpcError,
                 > {
                     match __rpc_method {
                         #(#arms)*
-                        _ => ::core::result::Result::Err(#krate::RpcError::UnknownMethod {
-                            service: ::std::borrow::ToOwned::to_owned(#name),
-                            method: ::std::borrow::ToOwned::to_owned(__rpc_method),
-                            known: ::std::vec![#(::std::borrow::ToOwned::to_owned(#known)),*],
-                        }),
+                        _ => ::core::result::Result::Err(#krate::__private::unknown_method(#name, __rpc_method, &[#(#known),*])),
                     }
                 }
             }
@@ -148,23 +148,97 @@ fn type_text(ty: &syn::Type) -> String {
         .replace("& ", "&")
 }
 
-fn method_info(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> TokenStream {
+/// The type a successful call returns to the caller (`T` of `Result<T, E>`).
+fn success_type(m: &Method<'_>) -> TokenStream {
+    match &m.output {
+        Output::Unit => quote!(()),
+        Output::Plain(ty) => quote!(#ty),
+        Output::Result { ok, .. } => quote!(#ok),
+    }
+}
+
+fn schema_fn(name: &syn::Ident, ty: &TokenStream, krate: &TokenStream) -> TokenStream {
+    quote! {
+        fn #name(__rpc_g: &mut #krate::__private::SchemaGenerator) -> #krate::__private::Schema {
+            #[allow(unused_imports)]
+            use #krate::__private::{Fallback as _, ViaJsonSchema as _};
+            (&&#krate::__private::SchemaProbe::<#ty>::new()).schema(__rpc_g)
+        }
+    }
+}
+
+/// Per method: the schema functions of its parameters and result, and the function turning
+/// positional text tokens into its named arguments (`MethodInfo::args_from_text`).
+fn method_helpers(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenStream) -> TokenStream {
+    let target = target(service, m);
+    let param_schemas = m.params.iter().enumerate().map(|(j, p)| {
+        let ty = p.ty;
+        schema_fn(&format_ident!("__rpc_schema_{}_{}", index, j), &quote!(#ty), krate)
+    });
+    let result_schema = schema_fn(&format_ident!("__rpc_schema_{}_result", index), &success_type(m), krate);
+    let text_fn = format_ident!("__rpc_text_to_named_{}", index);
+    let count = m.params.len();
+    let decode = m.params.iter().enumerate().map(|(j, p)| {
+        let pid = p.ident;
+        let pname = pid.to_string();
+        let ty = p.ty;
+        let take = if p.rest { quote!(rest) } else { quote!(arg) };
+        quote_spanned! {ty.span()=>
+            let #pid: #ty = __rpc_reader.#take::<#ty>(#j)?;
+            __rpc_map.insert(::std::borrow::ToOwned::to_owned(#pname), #krate::__private::encode_arg(#target, #pname, &#pid)?);
+        }
+    });
+    quote! {
+        #(#param_schemas)*
+        #result_schema
+        #[allow(unused_mut, unused_variables)]
+        fn #text_fn(
+            __rpc_tokens: ::std::vec::Vec<::std::string::String>,
+        ) -> ::core::result::Result<#krate::Args, #krate::RpcError> {
+            let mut __rpc_reader = #krate::__private::ArgReader::new(&__RPC_METHODS[#index], #krate::Args::Text(__rpc_tokens))?;
+            let mut __rpc_map = #krate::__private::serde_json::Map::with_capacity(#count);
+            #(#decode)*
+            ::core::result::Result::Ok(#krate::Args::Named(__rpc_map))
+        }
+    }
+}
+
+fn method_info(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenStream) -> TokenStream {
     let name = &m.wire_name;
     let target = target(service, m);
-    let params = m.params.iter().map(|p| {
+    let params = m.params.iter().enumerate().map(|(j, p)| {
         let pname = p.ident.to_string();
         let pty = type_text(p.ty);
-        quote!(#krate::ParamInfo::new(#pname, #pty))
+        let schema = format_ident!("__rpc_schema_{}_{}", index, j);
+        quote!(#krate::ParamInfo::new(#pname, #krate::TypeInfo::new(#pty, #schema)))
     });
     let variadic = m.params.last().is_some_and(|p| p.rest);
-    let returns = match &m.output {
+    let returns_as_written = match &m.output {
         Output::Unit => "()".to_owned(),
         Output::Plain(ty) | Output::Result { full: ty, .. } => type_text(ty),
     };
+    let success = match &m.output {
+        Output::Unit => "()".to_owned(),
+        Output::Plain(ty) | Output::Result { ok: ty, .. } => type_text(ty),
+    };
+    let result_schema = format_ident!("__rpc_schema_{}_result", index);
+    let text_fn = format_ident!("__rpc_text_to_named_{}", index);
     let blocking = !m.is_async && !m.inline;
+    let takes_context = m.context.is_some();
     let doc = &m.doc;
     quote! {
-        #krate::MethodInfo::new(#name, #target, &[#(#params),*], #variadic, #returns, #blocking, #doc)
+        #krate::MethodInfo::new(
+            #name,
+            #target,
+            &[#(#params),*],
+            #variadic,
+            #krate::TypeInfo::new(#success, #result_schema),
+            #returns_as_written,
+            #blocking,
+            #takes_context,
+            #doc,
+            #text_fn,
+        )
     }
 }
 
@@ -180,15 +254,21 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
         // Spanned on the type, so an unsatisfied `Deserialize` bound points at it.
         quote_spanned!(ty.span()=> let #pid: #ty = __rpc_reader.#take::<#ty>(#i)?;)
     });
-    let names: Vec<_> = m.params.iter().map(|p| p.ident).collect();
+    let mut names: Vec<TokenStream> = m.params.iter().map(|p| p.ident.to_token_stream()).collect();
+    let context = m.context.map(|(ctx_ident, position)| {
+        names.insert(position, quote!(&#ctx_ident));
+        // Owned by the handler's future (or its blocking closure), which may outlive the
+        // server's borrow.
+        quote!(let #ctx_ident = ::core::clone::Clone::clone(__rpc_ctx);)
+    });
     let call =
         if m.receiver { quote!(__rpc_this.#ident(#(#names),*)) } else { quote!(<#self_ty>::#ident(#(#names),*)) };
     let this = m.receiver.then(|| quote!(let __rpc_this = self;));
     let convert = match &m.output {
-        Output::Unit | Output::Plain(_) => quote!(#krate::__private::encode(#target, &__rpc_out)),
+        Output::Unit | Output::Plain(_) => quote!(#krate::__private::encode_result(#target, &__rpc_out)),
         Output::Result { .. } => quote! {
             match __rpc_out {
-                ::core::result::Result::Ok(value) => #krate::__private::encode(#target, &value),
+                ::core::result::Result::Ok(value) => #krate::__private::encode_result(#target, &value),
                 ::core::result::Result::Err(error) => ::core::result::Result::Err(#krate::handler_error(#target, error)),
             }
         },
@@ -209,7 +289,7 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
         }
     } else {
         quote! {
-            let __rpc_pool = ::core::clone::Clone::clone(&__rpc_ctx.pool);
+            let __rpc_pool = ::core::clone::Clone::clone(__rpc_pool);
             ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
                 let __rpc_out = __rpc_pool.run(#target, move || #call).await?;
                 #convert
@@ -218,8 +298,9 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
     };
     quote! {
         #wire => {
-            let mut __rpc_reader = #krate::ArgReader::new(&__RPC_METHODS[#index], __rpc_args)?;
+            let mut __rpc_reader = #krate::__private::ArgReader::new(&__RPC_METHODS[#index], __rpc_args)?;
             #(#decode)*
+            #context
             #this
             #run
         }
@@ -231,9 +312,12 @@ fn client(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
     let client = format_ident!("{}Client", service.type_ident);
     let service_ident = &service.type_ident;
     let name = &service.name;
+    let krate_text = path_text(krate);
     let struct_doc = format!(
-        "Typed client for the `{name}` service ([`{service_ident}`]), over any [`Transport`]({}::Transport).\n\nGenerated by `#[rpc_service]`.",
-        path_text(krate)
+        "Typed client for the `{name}` service ([`{service_ident}`]), over any [`Transport`]({krate_text}::Transport).\n\n\
+         Each call carries a [`Context`]({krate_text}::Context): inside a handler, the handler's own (what is left of its \
+         deadline, its metadata and trace id); the client's deadline and metadata apply on top.\n\n\
+         Generated by `#[rpc_service]`."
     );
     let methods = service.methods.iter().map(|m| client_method(service, m, krate));
     quote! {
@@ -241,21 +325,44 @@ fn client(service: &Service<'_>, krate: &TokenStream) -> TokenStream {
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         pub struct #client<T> {
             transport: T,
-            timeout: ::core::option::Option<::core::time::Duration>,
+            defaults: #krate::__private::ClientDefaults,
         }
 
         impl<T: #krate::Transport> #client<T> {
             /// A client sending its calls through `transport`, with the transport's default
             /// deadline.
             pub fn new(transport: T) -> Self {
-                #client { transport, timeout: ::core::option::Option::None }
+                #client { transport, defaults: ::core::default::Default::default() }
             }
 
-            /// Every call from this client waits at most `timeout` for its result.
+            /// Every call from this client waits at most `deadline` for its result (an inherited
+            /// earlier deadline still wins).
             #[must_use]
-            pub fn with_timeout(mut self, timeout: ::core::time::Duration) -> Self {
-                self.timeout = ::core::option::Option::Some(timeout);
+            pub fn with_deadline(mut self, deadline: ::core::time::Duration) -> Self {
+                self.defaults.deadline = ::core::option::Option::Some(deadline);
                 self
+            }
+
+            /// Every call from this client starts from `context` (its metadata, trace id and
+            /// deadline) instead of the current handler's.
+            #[must_use]
+            pub fn with_context(mut self, context: #krate::Context) -> Self {
+                self.defaults.context = ::core::option::Option::Some(context);
+                self
+            }
+
+            /// Every call from this client carries metadata `key` = `value` (an auth token, a
+            /// tenant).
+            ///
+            /// # Errors
+            /// When the key or value breaks the metadata rules ([`Metadata::insert`](#krate::Metadata::insert)).
+            pub fn with_metadata(
+                mut self,
+                key: &::core::primitive::str,
+                value: impl ::core::convert::Into<::std::string::String>,
+            ) -> ::core::result::Result<Self, #krate::MetadataError> {
+                self.defaults.metadata.insert(key, value)?;
+                ::core::result::Result::Ok(self)
             }
 
             /// The transport calls go through.
@@ -285,16 +392,12 @@ fn client_method(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> 
         quote_spanned! {p.ty.span()=>
             __rpc_args.insert(
                 ::std::borrow::ToOwned::to_owned(#pname),
-                #krate::__private::encode(#target, &#pid)?,
+                #krate::__private::encode_arg(#target, #pname, &#pid)?,
             );
         }
     });
     let variadic = m.params.last().is_some_and(|p| p.rest);
-    let ret = match &m.output {
-        Output::Unit => quote!(()),
-        Output::Plain(ty) => quote!(#ty),
-        Output::Result { ok, .. } => quote!(#ok),
-    };
+    let ret = success_type(m);
     let doc = if m.doc.is_empty() { format!("Calls `{target}`.") } else { m.doc.clone() };
     let errors_doc = format!(
         " Any [`RpcError`]({}::RpcError): the handler's own error, an argument the server could\n not decode, a deadline, or a transport failure.",
@@ -310,11 +413,9 @@ fn client_method(service: &Service<'_>, m: &Method<'_>, krate: &TokenStream) -> 
         pub async fn #ident(&self, #(#params),*) -> ::core::result::Result<#ret, #krate::RpcError> {
             let mut __rpc_args = #krate::__private::serde_json::Map::with_capacity(#count);
             #(#inserts)*
-            let mut __rpc_request = #krate::Request::new(#service_name, #wire, #krate::Args::Named(__rpc_args))
-                .in_parameter_order(#variadic);
-            if let ::core::option::Option::Some(timeout) = self.timeout {
-                __rpc_request = __rpc_request.with_timeout(timeout);
-            }
+            let __rpc_request = #krate::Request::new(#service_name, #wire, #krate::Args::Named(__rpc_args))
+                .in_parameter_order(#variadic)
+                .with_context(self.defaults.context());
             #krate::Transport::call(&self.transport, __rpc_request).await?.decode::<#ret>(#target)
         }
     }

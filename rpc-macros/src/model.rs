@@ -30,6 +30,8 @@ pub(crate) struct Method<'a> {
     /// `#[rpc(inline)]`: a synchronous method cheap enough to run on the async runtime.
     pub(crate) inline: bool,
     pub(crate) params: Vec<Param<'a>>,
+    /// A `ctx: &Context` parameter: its name, and how many RPC parameters come before it.
+    pub(crate) context: Option<(&'a Ident, usize)>,
     pub(crate) output: Output<'a>,
     pub(crate) doc: String,
     /// Attributes carried over to the client method (`#[deprecated]`).
@@ -198,6 +200,7 @@ impl<'a> Method<'a> {
 
         let mut receiver = false;
         let mut params = Vec::new();
+        let mut context: Option<(&Ident, usize)> = None;
         for input in &sig.inputs {
             match input {
                 FnArg::Receiver(r) => {
@@ -241,13 +244,25 @@ impl<'a> Method<'a> {
                         );
                         continue;
                     }
+                    if is_context(&pt.ty) {
+                        if let Some(span) = pargs.rest {
+                            push(&mut errors, syn::Error::new(span, "`#[rpc(rest)]` cannot go on the call's context"));
+                        }
+                        if context.is_some() {
+                            push(&mut errors, syn::Error::new_spanned(pt, "a method takes the call's context once"));
+                        }
+                        context = Some((ident, params.len()));
+                        continue;
+                    }
                     if let Some(bad) = unsupported_type(&pt.ty) {
                         push(&mut errors, bad);
                         continue;
                     }
                     params.push(Param { ident, ty: &pt.ty, rest: pargs.rest.is_some() });
                     if let Some(span) = pargs.rest {
-                        if !matches!(sig.inputs.last(), Some(FnArg::Typed(last)) if std::ptr::eq(last, pt)) {
+                        let last_param =
+                            sig.inputs.iter().rev().find(|i| !matches!(i, FnArg::Typed(t) if is_context(&t.ty)));
+                        if !matches!(last_param, Some(FnArg::Typed(last)) if std::ptr::eq(last, pt)) {
                             push(
                                 &mut errors,
                                 syn::Error::new(
@@ -289,11 +304,23 @@ impl<'a> Method<'a> {
             is_async: sig.asyncness.is_some(),
             inline: args.inline.is_some(),
             params,
+            context,
             output,
             doc: attrs::doc(&f.attrs),
             attrs: f.attrs.iter().filter(|a| a.path().is_ident("deprecated")).collect(),
         }))
     }
+}
+
+/// Whether `ty` is `&Context` (by any path ending in `Context`): the call's context, which the
+/// method receives from the server instead of from the caller's arguments.
+fn is_context(ty: &Type) -> bool {
+    let Type::Reference(r) = ty else { return false };
+    if r.mutability.is_some() {
+        return false;
+    }
+    matches!(&*r.elem, Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "Context" && s.arguments.is_empty()))
 }
 
 /// `Some(T)` when `ty` is spelled `Result<T, ..>` (any path ending in `Result`).

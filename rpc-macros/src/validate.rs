@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crate::model::{push, Service};
 
 /// Inherent methods of the generated client; an RPC method of the same name would clash.
-pub(crate) const RESERVED: &[&str] = &["new", "with_timeout", "transport"];
+pub(crate) const RESERVED: &[&str] = &["new", "with_deadline", "with_context", "with_metadata", "transport"];
 
 /// Every cross-method error, combined with the parse errors already found.
 pub(crate) fn validate(service: &Service<'_>, mut errors: Option<syn::Error>) -> Result<(), syn::Error> {

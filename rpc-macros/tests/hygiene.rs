@@ -41,7 +41,7 @@ mod service {
 #[tokio::test]
 async fn generated_code_compiles_and_runs_without_the_prelude() {
     let registry = rpc_core::Registry::new().with(service::Hygienic);
-    let client = service::HygienicClient::new(rpc_core::MemoryTransport::text(registry));
+    let client = service::HygienicClient::new(rpc_core::MemoryTransport::new(registry));
     assert_eq!(client.add(2, 3).await.unwrap(), 5);
     assert_eq!(client.greet("x".to_owned()).await.unwrap(), "hi x");
     assert_eq!(client.spread(vec![1, 2, 3]).await.unwrap(), 3);

@@ -20,7 +20,7 @@ pub const DEFAULT_PREFETCH: u16 = 32;
 #[non_exhaustive]
 pub struct RpcConfig {
     /// How long a call waits for its reply unless the call says otherwise
-    /// ([`rpc_core::DEFAULT_TIMEOUT`], 30 s). Also the longest a server runs a request that
+    /// ([`rpc_core::DEFAULT_DEADLINE`], 30 s). Also the longest a server runs a request that
     /// carries no deadline of its own (a foreign client that sets no `expiration`).
     pub timeout: Duration,
     /// How many unacknowledged requests a server takes from each method queue at once
@@ -66,7 +66,7 @@ pub struct RpcConfig {
 impl Default for RpcConfig {
     fn default() -> Self {
         RpcConfig {
-            timeout: rpc_core::DEFAULT_TIMEOUT,
+            timeout: rpc_core::DEFAULT_DEADLINE,
             prefetch: DEFAULT_PREFETCH,
             publisher_confirms: true,
             codec: Codec::default(),

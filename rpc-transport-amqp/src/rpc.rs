@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lapin::{Channel, ConnectionProperties, Consumer};
 use rpc_core::handler::{from_async, from_blocking};
-use rpc_core::{Args, BlockingPool, CallContext, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
+use rpc_core::{Args, BlockingPool, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -373,7 +373,7 @@ impl Transport for Rpc {
     /// Routing key `service.method` (just `method` when `service` is empty).
     async fn call(&self, request: Request) -> Result<Reply, RpcError> {
         let key = if request.service.is_empty() { request.method.clone() } else { request.target() };
-        let options = CallOptions { timeout: request.timeout, codec: None }.or(self.defaults);
+        let options = CallOptions { timeout: request.context.remaining(), codec: None }.or(self.defaults);
         client::call(&self.shared, &key, request.args, options).await
     }
 }
@@ -400,7 +400,6 @@ pub(crate) struct Shared {
     connected: watch::Sender<u64>,
     closing: AtomicBool,
     generations: AtomicU64,
-    pub(crate) ctx: CallContext,
 }
 
 /// Counts one unit of work in [`Shared::inflight`] while alive.
@@ -414,7 +413,6 @@ impl Drop for InflightGuard {
 
 impl Shared {
     fn new(config: RpcConfig, reconnect: Option<(String, ConnectionProperties)>) -> Arc<Shared> {
-        let ctx = CallContext::new(config.blocking_pool.clone());
         Arc::new(Shared {
             config,
             reconnect,
@@ -425,7 +423,6 @@ impl Shared {
             connected: watch::Sender::new(0),
             closing: AtomicBool::new(false),
             generations: AtomicU64::new(0),
-            ctx,
         })
     }
 

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::Consumer;
-use rpc_core::{guard, Args, Handler, RpcError};
+use rpc_core::{run, Args, Context, Handler, RpcError};
 use serde_json::{Map, Value};
 use tracing::{debug, error, warn};
 
@@ -158,8 +158,9 @@ async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec:
         }
         Err(e) => return Err(RpcError::bad_request(format!("{target}: {e}"))),
     };
-    let ctx = &shared.ctx;
-    let outcome = guard(target, Some(limit), async move { handler.call(args, ctx)?.await }).await;
+    let ctx = Context::new().with_deadline(limit);
+    let pool = &shared.config.blocking_pool;
+    let outcome = run::run(target, &ctx, async { handler.call(args, &ctx, pool)?.await }).await;
     match &outcome {
         Err(e @ RpcError::Panic { .. }) => warn!(method = %target, error = %e, "handler panicked"),
         Err(e @ RpcError::Internal { .. }) => error!(method = %target, error = %e, "handler failed"),

@@ -61,7 +61,7 @@ async fn typed_calculator_client_runs_over_amqp() {
                 if target == "amqp_typed_calculator.calculate" && code == "division_by_zero" && message == "division by zero"),
             "{err:?}"
         );
-        let err = client.clone().with_timeout(Duration::from_millis(200)).slow(5_000).await.unwrap_err();
+        let err = client.clone().with_deadline(Duration::from_millis(200)).slow(5_000).await.unwrap_err();
         assert!(matches!(err, RpcError::DeadlineExceeded { timeout_ms: 200, .. }), "{err:?}");
         assert_eq!(client.slow(1).await.unwrap(), 1);
     }

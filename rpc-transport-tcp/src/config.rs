@@ -105,14 +105,14 @@ pub struct ConsumerConfig {
     /// Connection limits.
     pub limits: Limits,
     /// The deadline of each call's handler. Default 30 s; a registry's
-    /// [`with_max_timeout`](rpc_core::Registry::with_max_timeout) can only shorten it.
+    /// [`with_max_deadline`](rpc_core::Registry::with_max_deadline) can only shorten it.
     /// A late handler gets `ERROR deadline_exceeded: ...`.
     pub request_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        ConsumerConfig { limits: Limits::default(), request_timeout: rpc_core::DEFAULT_TIMEOUT }
+        ConsumerConfig { limits: Limits::default(), request_timeout: rpc_core::DEFAULT_DEADLINE }
     }
 }
 
@@ -158,7 +158,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             limits: Limits::default(),
-            task_timeout: rpc_core::DEFAULT_TIMEOUT,
+            task_timeout: rpc_core::DEFAULT_DEADLINE,
             connect_timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(30),
             backoff: Duration::from_secs(2),
@@ -221,7 +221,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             connect_timeout: Duration::from_secs(5),
-            timeout: rpc_core::DEFAULT_TIMEOUT,
+            timeout: rpc_core::DEFAULT_DEADLINE,
             max_reply: 16 * 1024 * 1024,
         }
     }

@@ -77,7 +77,7 @@ impl Respond for Inner {
     async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
         let started = Instant::now();
         let (service, method) = (line.service.clone(), line.method.clone());
-        let request = line.into_request().with_timeout(self.config.request_timeout);
+        let request = line.into_request().with_deadline(self.config.request_timeout);
         let result = self.registry.dispatch(request).await;
         let elapsed = started.elapsed();
         match result {

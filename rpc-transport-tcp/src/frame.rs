@@ -111,37 +111,50 @@ impl RequestLine {
         Ok(RequestLine { service, method, args: tokens.collect() })
     }
 
-    /// Builds the line a client sends for `request` (named arguments rendered as tokens, in
-    /// order).
+    /// Builds the line a client sends for `request`: named arguments rendered as tokens in
+    /// parameter order (the request must promise that order, as typed clients do), each
+    /// element of a variadic last argument a token of its own.
     ///
     /// # Errors
-    /// [`RpcError::BadRequest`] when a name or an argument cannot travel as one token (empty,
-    /// or holding a space or a control character).
+    /// [`RpcError::BadRequest`] when named arguments come without the promise of parameter
+    /// order, or a name or an argument cannot travel as one token ([`check_token`]).
     pub fn from_request(request: Request) -> Result<Self, RpcError> {
-        let (ordered, variadic) = (request.ordered, request.variadic);
         let target = request.target();
-        let args = request.args.into_tokens(ordered, variadic).map_err(|e| match e {
-            RpcError::BadRequest { reason } => RpcError::bad_request(format!("{target}: {reason}")),
-            other => other,
-        })?;
-        let line = RequestLine { service: request.service, method: request.method, args };
-        let tokens = [&line.service, &line.method].into_iter().chain(&line.args);
-        for (i, token) in tokens.enumerate() {
-            let what = match i {
-                0 => "the service name".to_owned(),
-                1 => "the method name".to_owned(),
-                n => format!("argument {}", n - 1),
-            };
-            if token.is_empty() {
-                return Err(RpcError::bad_request(format!("{target}: {what} is empty and cannot be sent as a token")));
+        let bad = |what: String, why: String| RpcError::bad_request(format!("{target}: {what} {why}"));
+        check_token(&request.service).map_err(|why| bad("the service name".into(), why))?;
+        check_token(&request.method).map_err(|why| bad("the method name".into(), why))?;
+        let args = match request.args {
+            Args::Text(tokens) => {
+                for (i, token) in tokens.iter().enumerate() {
+                    check_token(token).map_err(|why| bad(format!("argument {}", i + 1), why))?;
+                }
+                tokens
             }
-            if token.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            Args::Named(map) if request.ordered => {
+                let count = map.len();
+                let mut tokens = Vec::with_capacity(count);
+                for (i, (name, value)) in map.into_iter().enumerate() {
+                    let items = match value {
+                        Value::Array(items) if request.variadic && i + 1 == count => items,
+                        value => vec![value],
+                    };
+                    for item in &items {
+                        let token = text::render(item);
+                        check_token(&token).map_err(|why| bad(format!("argument '{name}'"), why))?;
+                        tokens.push(token);
+                    }
+                }
+                tokens
+            }
+            Args::Named(_) => {
                 return Err(RpcError::bad_request(format!(
-                    "{target}: {what} {token:?} holds a space or a control character and cannot be sent as a token"
-                )));
+                    "{target}: named arguments travel over a text transport only in parameter order: \
+                     use Args::Text, or the typed client (which promises the order)"
+                )))
             }
-        }
-        Ok(line)
+            _ => return Err(RpcError::bad_request(format!("{target}: arguments of an unknown shape"))),
+        };
+        Ok(RequestLine { service: request.service, method: request.method, args })
     }
 
     /// `service.method`, for messages and logs.
@@ -149,7 +162,8 @@ impl RequestLine {
         format!("{}.{}", self.service, self.method)
     }
 
-    /// The request for a [`rpc_core::Registry`]: positional text arguments, no timeout.
+    /// The request for a [`rpc_core::Registry`]: positional text arguments, an empty context
+    /// (the line carries no deadline or metadata).
     pub fn into_request(self) -> Request {
         Request::new(self.service, self.method, Args::Text(self.args))
     }
@@ -169,6 +183,26 @@ impl RequestLine {
         out.push(b'\n');
         out
     }
+}
+
+/// Checks that `token` can travel as one token of a request line: not empty, and no space,
+/// control character or DEL (the line splits on spaces and ends at a newline). This is the
+/// one definition of a token, for what clients send and what servers accept.
+///
+/// # Errors
+/// Why not, as a phrase that follows the token's description: `is empty and cannot be sent
+/// as a token`.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("is empty and cannot be sent as a token".to_owned());
+    }
+    if token.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "{} holds a space or a control character and cannot be sent as a token",
+            rpc_core::error::quote(token)
+        ));
+    }
+    Ok(())
 }
 
 /// Encodes a successful result: its text, escaped when it could be misread, then `\n`.

@@ -151,7 +151,10 @@ impl Producer {
 
 impl Transport for Producer {
     async fn call(&self, request: Request) -> Result<Reply, RpcError> {
-        let timeout = request.timeout.map_or(self.inner.config.task_timeout, |t| t.min(self.inner.config.task_timeout));
+        let timeout = request
+            .context
+            .remaining()
+            .map_or(self.inner.config.task_timeout, |t| t.min(self.inner.config.task_timeout));
         let line = RequestLine::from_request(request)?;
         let target = line.target();
         let forwarded = self.inner.forward(&line, timeout).await?;

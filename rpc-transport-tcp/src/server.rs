@@ -317,7 +317,7 @@ fn log_join(role: &'static str, done: Result<(), tokio::task::JoinError>) {
             tracing::error!(
                 role,
                 "a connection task panicked: {}",
-                rpc_core::guard::panic_message(e.into_panic().as_ref())
+                rpc_core::run::panic_message(e.into_panic().as_ref())
             );
         }
     }

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use rpc_core::{Args, Request, RpcError};
-use rpc_transport_tcp::frame::{self, Decoded, LineDecoder, ParsedReply, RequestLine};
+use rpc_transport_tcp::frame::{self, check_token, Decoded, LineDecoder, ParsedReply, RequestLine};
 use rpc_transport_tcp::Error;
 
 /// A token as a client may send it: no spaces, no control characters, not empty.
@@ -117,12 +117,26 @@ proptest! {
     fn any_accepted_line_has_clean_tokens_and_its_canonical_form_parses_back_to_it(bytes in client_bytes()) {
         if let Ok(line) = RequestLine::parse(&bytes) {
             for token in [&line.service, &line.method].into_iter().chain(&line.args) {
-                prop_assert!(!token.is_empty() && !token.bytes().any(|b| b <= b' ' || b == 0x7f), "{token:?}");
+                prop_assert!(check_token(token).is_ok(), "{token:?}");
             }
             let wire = line.encode();
             prop_assert!(wire.ends_with(b"\n") && !wire.windows(2).any(|w| w == b"  "));
             let back = RequestLine::parse(&wire[..wire.len() - 1]).unwrap();
             prop_assert_eq!(back, line);
+        }
+    }
+
+    #[test]
+    fn a_value_rendered_as_a_token_either_travels_whole_or_is_refused_before_sending(s in any::<String>()) {
+        let rendered = rpc_core::text::render(&serde_json::json!([s.clone()]));
+        let request = rpc_core::Request::new("svc", "m", rpc_core::Args::Text(vec![s.clone(), rendered]));
+        match RequestLine::from_request(request) {
+            Ok(line) => {
+                let wire = line.encode();
+                let back = RequestLine::parse(&wire[..wire.len() - 1]).unwrap();
+                prop_assert_eq!(&back.args[0], &s);
+            }
+            Err(e) => prop_assert!(s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f), "{s:?} refused: {e}"),
         }
     }
 
