@@ -37,3 +37,55 @@ async fn a_server_stops_a_request_at_its_max_run_even_when_the_caller_would_wait
     client.close().await.expect("client closes");
     server.close().await.expect("server closes");
 }
+
+#[derive(Deserialize)]
+struct Size {
+    bytes: usize,
+    error: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_over_the_limit_results_and_errors_alike_become_a_short_reply_too_large_error_and_are_acked() {
+    let url = common::url();
+    let limit = 64 * 1024;
+    let server = Rpc::builder().max_body_size(limit).connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let method = common::unique("limits.big");
+    server
+        .register_async(&method, |s: Size| async move {
+            let text = "\"".repeat(s.bytes);
+            if s.error {
+                Err(rpc_core::HandlerError::new("big_error", text))
+            } else {
+                Ok(text)
+            }
+        })
+        .await
+        .expect("register");
+    let reply_queue = server.reply_queue();
+    for error in [true, false] {
+        let what = if error { "error reply (handler, big_error)" } else { "result" };
+        // Under the limit: through, whole.
+        let small = client.call::<String>(&method, kwargs! {"bytes" => 1000, "error" => error}).await;
+        match (&small, error) {
+            (Err(RpcError::Handler { code: Some(code), message, .. }), true) => {
+                assert_eq!((code.as_str(), message.len()), ("big_error", 1000), "{small:?}")
+            }
+            (Ok(text), false) => assert_eq!(text.len(), 1000),
+            _ => panic!("a 1000-byte {what}: {small:?}"),
+        }
+        // Over it: a short error that says what and how large.
+        let err = client.call::<String>(&method, kwargs! {"bytes" => 200_000, "error" => error}).await.unwrap_err();
+        let shown = err.to_string();
+        match &err {
+            RpcError::Handler { code: Some(code), .. } => assert_eq!(code, "reply_too_large", "{shown}"),
+            other => panic!("expected reply_too_large for a large {what}, got {other:?}"),
+        }
+        assert!(shown.contains(what) && shown.contains(&format!("the reply limit of {limit} bytes")), "{shown}");
+        assert!(shown.len() < 1024, "the error is short: {} bytes", shown.len());
+    }
+    assert_eq!(server.reply_queue(), reply_queue, "the server kept its link");
+    assert_eq!(common::queue_state(&method).await, (0, 1), "every request acked");
+    client.close().await.expect("client closes");
+    server.close().await.expect("server closes");
+}
