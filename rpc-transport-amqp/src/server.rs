@@ -1,8 +1,8 @@
 //! The serving side: one consumer per method queue, one task per request, reply then ack.
 //!
 //! What must stay true: every delivery is acked (or rejected) exactly once, whatever it
-//! carries; nothing a request contains can end the consumer loop; every reply goes through
-//! [`Reply::bounded`], so none is larger than the limit; and a request that comes back after
+//! carries; nothing a request contains can end the consumer loop; every reply is made by
+//! [`Reply::new`], so none is larger than the limit; and a request that comes back after
 //! costing the server its link is answered with a `poison` error, not run forever
 //! ([`Casualties`]).
 
@@ -121,18 +121,18 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
     let key = casualties.key(target, &delivery);
     let _held = casualties.hold(link.generation, delivery.delivery_tag, key);
     let verdict = if delivery.redelivered { casualties.verdict(key) } else { None };
+    let limit = shared.reply_limit();
     let reply = match verdict {
         Some(poison) => {
             warn!(method = %target, "redelivered request refused as poison (acked, not run again)");
             let codec = request_codec(target, &delivery).unwrap_or(Codec::Json);
-            Reply::new(codec, Err(poison.error(target)), target)
+            Reply::new(codec, Err(poison.error(target)), target, limit)
         }
         None => {
             let (codec, outcome) = evaluate(shared, handler, &delivery).await;
-            Reply::new(codec, outcome, target)
+            Reply::new(codec, outcome, target, limit)
         }
     };
-    let reply = reply.bounded(target, shared.reply_limit());
     let mut published = publish(link, &reply_to, &delivery, &reply).await;
     if let Published::Refused(reason) = &published {
         // The link is intact (a large reply is refused on a channel of its own), so a short
@@ -140,7 +140,7 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
         // request is acked.
         shared.learn_broker_limit(reason);
         warn!(method = %target, size = reply.body.len(), reason = %reason, "the broker refused a reply; answering with an error");
-        let refusal = Reply::new(reply.codec, Err(refused(target, &reply, reason)), target);
+        let refusal = Reply::new(reply.codec, Err(refused(target, &reply, reason)), target, limit);
         published = publish(link, &reply_to, &delivery, &refusal).await;
     }
     match published {
@@ -246,9 +246,31 @@ struct Reply {
 }
 
 impl Reply {
-    fn new(codec: Codec, outcome: Result<Value, RpcError>, target: &str) -> Reply {
+    /// The reply to `outcome`, never larger than `limit` bytes: the one bound on what a server
+    /// publishes. A larger result or error becomes a `reply_too_large` error of a few hundred
+    /// bytes, which is sent whatever the limit.
+    fn new(codec: Codec, outcome: Result<Value, RpcError>, target: &str, limit: usize) -> Reply {
+        let (about, size) = match Self::encode(codec, outcome, target, limit) {
+            Ok(reply) if reply.body.len() <= limit => return reply,
+            Ok(reply) => (reply.about, reply.body.len().to_string()),
+            Err(over) => over,
+        };
+        let message = format!("the {about} of {size} bytes exceeds the reply limit of {limit} bytes");
+        debug!(method = %target, %message, "reply replaced by reply_too_large");
+        let error = RpcError::Handler { target: target.to_owned(), code: Some(REPLY_TOO_LARGE.into()), message };
+        Self::encode_error(codec, &error, "error reply (reply_too_large)".into())
+    }
+
+    /// The reply as it would be published; `Err((what it is, its size))` for an error whose
+    /// text alone makes the reply larger than `limit`, which is then never built.
+    fn encode(
+        codec: Codec,
+        outcome: Result<Value, RpcError>,
+        target: &str,
+        limit: usize,
+    ) -> Result<Reply, (String, String)> {
         let error = match outcome.map(|value| codec.encode(&value)) {
-            Ok(Ok(body)) => return Reply { codec, kind: wire::TYPE_RESULT, body, about: "result".into() },
+            Ok(Ok(body)) => return Ok(Reply { codec, kind: wire::TYPE_RESULT, body, about: "result".into() }),
             Ok(Err(e)) => RpcError::Internal { message: format!("{target}: result does not encode: {e}") },
             Err(e) => e,
         };
@@ -258,24 +280,35 @@ impl Reply {
             }
             other => format!("error reply ({})", other.kind()),
         };
-        let envelope = error_body(&error);
+        // The envelope holds the error's text twice (`message`, `args`): one quoting a huge
+        // argument is refused from its length, before copies of it are made.
+        let text = display_len(&error).saturating_mul(2);
+        if text > limit {
+            return Err((about, format!("at least {text}")));
+        }
+        Ok(Self::encode_error(codec, &error, about))
+    }
+
+    fn encode_error(codec: Codec, error: &RpcError, about: String) -> Reply {
+        let envelope = error_body(error);
         // Error envelopes are small JSON-compatible maps; both codecs encode them.
         let body = codec.encode(&envelope).or_else(|_| Codec::Json.encode(&envelope)).unwrap_or_default();
         Reply { codec, kind: wire::TYPE_ERROR, body, about }
     }
+}
 
-    /// The one bound on what is published as a reply: a reply larger than `limit` bytes
-    /// becomes a `reply_too_large` error of a few hundred bytes (sent whatever the limit).
-    fn bounded(self, target: &str, limit: usize) -> Reply {
-        if self.body.len() <= limit {
-            return self;
+/// The length of `error`'s text, counted without writing it out.
+fn display_len(error: &RpcError) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = self.0.saturating_add(s.len());
+            Ok(())
         }
-        let message =
-            format!("the {} of {} bytes exceeds the reply limit of {limit} bytes", self.about, self.body.len());
-        debug!(method = %target, %message, "reply replaced by reply_too_large");
-        let error = RpcError::Handler { target: target.to_owned(), code: Some(REPLY_TOO_LARGE.into()), message };
-        Reply::new(self.codec, Err(error), target)
     }
+    let mut count = Count(0);
+    let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{error}"));
+    count.0
 }
 
 async fn ack(delivery: &Delivery, target: &str) {
