@@ -441,11 +441,6 @@ impl Shared {
         self.config.max_body_size.min(self.broker_limit.load(Ordering::Relaxed))
     }
 
-    /// The largest reply a server publishes.
-    pub(crate) fn reply_limit(&self) -> usize {
-        self.body_limit()
-    }
-
     /// Remembers the broker's size limit when `reason` (a refusal, a channel closed by the
     /// broker) names it.
     pub(crate) fn learn_broker_limit(&self, reason: &str) {

@@ -121,7 +121,7 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
     let key = casualties.key(target, &delivery);
     let _held = casualties.hold(link.generation, delivery.delivery_tag, key);
     let verdict = if delivery.redelivered { casualties.verdict(key) } else { None };
-    let limit = shared.reply_limit();
+    let limit = shared.body_limit();
     let reply = match verdict {
         Some(poison) => {
             warn!(method = %target, "redelivered request refused as poison (acked, not run again)");
