@@ -927,7 +927,8 @@ async fn credentials_never_appear_in_logs_or_errors_except_lapins_own_trace_fram
     let secret = format!("Secret{}", uuid::Uuid::new_v4().simple());
     rabbitmqctl(&["add_user", &user, &secret]);
     let _cleanup = TestUser(user.clone());
-    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    // On the virtual host the child connects to (the URL's).
+    rabbitmqctl(&["set_permissions", "-p", &common_amqp::vhost_of(&url()), &user, ".*", ".*", ".*"]);
     let mut child = RoleProcess::spawn(
         TEST,
         "log-capture",
@@ -1165,7 +1166,7 @@ async fn a_calculate_call_with_an_eight_megabyte_operator_gets_one_short_error_a
     let four = client.call::<f64>("calculator.calculate", kwargs! { "a" => 2, "op" => "+", "b" => 2 }).await;
     assert_eq!(four.unwrap(), 4.0, "the server still serves");
     println!(
-        "huge operator: {code} after {took:?}, {} bytes of error text; this process's peak RSS {} MiB",
+        "huge operator: {code} after {took:?}, {} bytes of error text ({shown}); this process's peak RSS {} MiB",
         shown.len(),
         vm_hwm_kb(std::process::id()) / 1024
     );
