@@ -60,9 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 pub async fn run(url: &str, t: f64) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
     let mut out = Vec::new();
     // aio-pika: connection = await aio_pika.connect(url); channel = await connection.channel()
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", rpc::amqp::wire::redact_url(url)))?;
+    let conn = Connection::connect(url, ConnectionProperties::default()).await.map_err(|e| {
+        let e = rpc::amqp::wire::redact_text(&e.to_string(), url);
+        format!("cannot connect to {}: {e}", rpc::amqp::wire::redact_url(url))
+    })?;
     let channel = conn.create_channel().await?;
     // rpc = await RPC.create(channel); await rpc.register('foo', foo)
     let rpc = Rpc::create(channel).await?;

@@ -216,11 +216,11 @@ async fn publish_and_wait(
         )));
     };
     let body = codec.encode(&Value::Object(map)).map_err(|e| RpcError::bad_request(format!("{method}: {e}")))?;
-    if body.len() > shared.config.max_body_size {
+    let limit = shared.body_limit();
+    if body.len() > limit {
         return Err(RpcError::bad_request(format!(
-            "{method}: request body of {} bytes exceeds the limit of {} bytes",
-            body.len(),
-            shared.config.max_body_size
+            "{method}: request body of {} bytes exceeds the limit of {limit} bytes",
+            body.len()
         )));
     }
     let link = shared.link()?;

@@ -12,6 +12,11 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Without publisher confirms, how often returned (unroutable) requests are collected.
 pub const RETURN_POLL: Duration = Duration::from_millis(10);
+/// Replies up to this size (128 KiB) are published on the serving channel. A larger one goes
+/// out on a channel of its own, confirmed before the request is acked, when the `Rpc` owns its
+/// connection: a broker that refuses it (a body over its `max_message_size`) then closes only
+/// that channel, and the caller gets a short `reply_too_large` error instead.
+pub const DIRECT_REPLY_MAX: usize = 128 * 1024;
 /// Default number of unacknowledged requests a server takes from each method queue.
 pub const DEFAULT_PREFETCH: u16 = 32;
 
@@ -38,8 +43,11 @@ pub struct RpcConfig {
     pub publisher_confirms: bool,
     /// The codec calls are sent in unless the call says otherwise (MessagePack).
     pub codec: Codec,
-    /// The largest request body a server accepts and a client sends (8 MiB). A larger request
-    /// gets a `bad_request` error reply; a larger call fails before it is published.
+    /// The largest body a server accepts and a client sends, requests and replies alike
+    /// (8 MiB). A larger request gets a `bad_request` error reply; a larger call fails before
+    /// it is published; a larger reply, result or error, is replaced by a short
+    /// `reply_too_large` error. Once the broker has refused a message for its size, its
+    /// `max_message_size` bounds all three too. Keep it at or below the broker's limit.
     pub max_body_size: usize,
     /// Where synchronous handlers run (one slot per CPU by default).
     pub blocking_pool: BlockingPool,

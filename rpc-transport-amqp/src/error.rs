@@ -5,7 +5,9 @@ use rpc_core::RpcError;
 
 /// Why a set-up operation (`connect`, `create`, `register`, `unregister`, `close`) failed.
 ///
-/// Messages never contain credentials: URLs are shown with their password redacted.
+/// Messages never contain credentials: URLs are shown with their password redacted
+/// ([`wire::redact_url`](crate::wire::redact_url)), and lapin's own reports, which may quote
+/// the URL, with the password scrubbed from them ([`ScrubbedError`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -14,9 +16,18 @@ pub enum Error {
     Connect {
         /// The broker URL, password redacted.
         url: String,
-        /// What lapin reported.
+        /// What lapin reported, password scrubbed.
         #[source]
-        source: lapin::Error,
+        source: ScrubbedError,
+    },
+
+    /// The broker URL does not parse (lapin's reason, password scrubbed).
+    #[error("invalid broker URL {url}: {reason}")]
+    InvalidUrl {
+        /// The broker URL, password redacted.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
     },
 
     /// Opening the connection (TCP, TLS, AMQP handshake) took longer than
@@ -66,6 +77,34 @@ pub enum Error {
     #[error("rpc closed")]
     Closed,
 }
+
+/// An error lapin reported while connecting, kept as text with every spelling of the URL's
+/// password scrubbed from it ([`wire::redact_text`](crate::wire::redact_text)): lapin's errors
+/// may quote the URL they were given, and the URL may hold a password.
+#[derive(Debug, Clone)]
+pub struct ScrubbedError {
+    message: String,
+}
+
+impl ScrubbedError {
+    /// `error`'s text, with `url`'s password scrubbed from it.
+    pub(crate) fn new(error: &dyn std::fmt::Display, url: &str) -> Self {
+        ScrubbedError { message: crate::wire::redact_text(&error.to_string(), url) }
+    }
+
+    /// The scrubbed text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for ScrubbedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ScrubbedError {}
 
 impl Error {
     pub(crate) fn broker(action: impl Into<String>, source: lapin::Error) -> Self {

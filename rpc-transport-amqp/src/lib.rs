@@ -58,7 +58,7 @@ pub mod wire;
 
 pub use codec::Codec;
 pub use config::{CallOptions, RpcConfig};
-pub use error::Error;
+pub use error::{Error, ScrubbedError};
 pub use rpc::{Rpc, RpcBuilder};
 
 pub use lapin::{Channel, Connection, ConnectionProperties};

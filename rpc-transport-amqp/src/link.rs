@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::uri::AMQPUri;
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
+use crate::error::ScrubbedError;
 use crate::{wire, Error, RpcConfig};
 
 /// Broker state of one connection.
@@ -109,9 +112,15 @@ impl Link {
         // lapin has no handshake timeout: a peer that accepts TCP and stays silent would hold
         // `connect`, and with it the reconnection loop, forever. (lapin's I/O thread for the
         // abandoned attempt ends when that peer closes the socket.)
-        let connecting = tokio::time::timeout(config.connect_timeout, Connection::connect(url, properties));
+        // Parsed here rather than by lapin, whose parse errors quote the whole URL.
+        let uri: AMQPUri = url.parse().map_err(|reason: String| Error::InvalidUrl {
+            url: redacted.clone(),
+            reason: wire::redact_text(&reason, url),
+        })?;
+        let connecting = tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, properties));
         let connection = match connecting.await {
-            Ok(connected) => connected.map_err(|source| Error::Connect { url: redacted.clone(), source })?,
+            Ok(connected) => connected
+                .map_err(|source| Error::Connect { url: redacted.clone(), source: ScrubbedError::new(&source, url) })?,
             Err(_) => return Err(Error::ConnectTimeout { url: redacted, timeout: config.connect_timeout }),
         };
         let client = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
@@ -218,6 +227,30 @@ impl Link {
             .map_err(|e| Error::broker(format!("consuming queue '{name}'"), e))?;
         self.consumers.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), consumer.tag());
         Ok(consumer)
+    }
+
+    /// Publishes one message to the default exchange on a channel opened for it alone, and
+    /// waits for the broker's confirm; `None` when the link has no connection of its own (an
+    /// `Rpc` on a caller's channel). A broker that refuses the message closes only that
+    /// channel: the error says why.
+    pub(crate) async fn publish_apart(
+        &self,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Option<Result<Confirmation, lapin::Error>> {
+        let connection = self.connection.as_ref()?;
+        let published = async {
+            let channel = connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            let confirmation = channel
+                .basic_publish("".into(), routing_key, BasicPublishOptions::default(), body, properties)
+                .await?
+                .await?;
+            let _ = channel.close(200, "OK".into()).await;
+            Ok(confirmation)
+        };
+        Some(published.await)
     }
 
     /// Stops consuming method queue `name`; its consumer stream ends after the deliveries it

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -167,8 +167,8 @@ impl RpcBuilder {
     /// An `Rpc` that opens and owns its connection; see [`Rpc::connect`].
     ///
     /// # Errors
-    /// [`Error::Connect`] or [`Error::ConnectTimeout`] (password redacted), or
-    /// [`Error::Broker`].
+    /// [`Error::InvalidUrl`], [`Error::Connect`] or [`Error::ConnectTimeout`] (password
+    /// redacted), or [`Error::Broker`].
     pub async fn connect(self, url: &str) -> Result<Rpc, Error> {
         let shared = Shared::new(self.config, Some((url.to_owned(), self.properties)));
         let generation = shared.next_generation();
@@ -201,8 +201,8 @@ impl Rpc {
     /// for serving) and reconnects by itself when it is lost.
     ///
     /// # Errors
-    /// [`Error::Connect`] or [`Error::ConnectTimeout`] (password redacted), or
-    /// [`Error::Broker`].
+    /// [`Error::InvalidUrl`], [`Error::Connect`] or [`Error::ConnectTimeout`] (password
+    /// redacted), or [`Error::Broker`].
     pub async fn connect(url: &str) -> Result<Rpc, Error> {
         Self::builder().connect(url).await
     }
@@ -400,6 +400,10 @@ pub(crate) struct Shared {
     connected: watch::Sender<u64>,
     closing: AtomicBool,
     generations: AtomicU64,
+    /// The broker's `max_message_size`, once a refusal has named it (`usize::MAX` until then).
+    broker_limit: AtomicUsize,
+    /// What the server remembers to recognise poison requests.
+    pub(crate) casualties: server::Casualties,
 }
 
 /// Counts one unit of work in [`Shared::inflight`] while alive.
@@ -423,7 +427,28 @@ impl Shared {
             connected: watch::Sender::new(0),
             closing: AtomicBool::new(false),
             generations: AtomicU64::new(0),
+            broker_limit: AtomicUsize::new(usize::MAX),
+            casualties: server::Casualties::default(),
         })
+    }
+
+    /// The largest body sent, request or reply: `max_body_size`, or the broker's own limit
+    /// once known.
+    pub(crate) fn body_limit(&self) -> usize {
+        self.config.max_body_size.min(self.broker_limit.load(Ordering::Relaxed))
+    }
+
+    /// Remembers the broker's size limit when `reason` (a refusal, a channel closed by the
+    /// broker) names it.
+    pub(crate) fn learn_broker_limit(&self, reason: &str) {
+        if let Some(limit) = wire::refused_size_limit(reason) {
+            if self.broker_limit.fetch_min(limit, Ordering::Relaxed) > limit {
+                warn!(
+                    max_message_size = limit,
+                    "the broker refuses messages over {limit} bytes; bodies are bounded by it from now on"
+                );
+            }
+        }
     }
 
     fn next_generation(&self) -> u64 {
@@ -585,6 +610,8 @@ impl Shared {
         };
         self.connected.send_replace(0);
         warn!(generation, reason = %reason, "lost the link to the broker; failing pending calls");
+        self.casualties.link_lost(generation, &reason);
+        self.learn_broker_limit(&reason);
         let message = format!("connection to the broker lost: {reason}");
         self.pending.fail_all(|| RpcError::Transport { message: message.clone(), source: None });
         if self.reconnect.is_some() && !self.is_closing() {

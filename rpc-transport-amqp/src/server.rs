@@ -1,25 +1,35 @@
 //! The serving side: one consumer per method queue, one task per request, reply then ack.
 //!
 //! What must stay true: every delivery is acked (or rejected) exactly once, whatever it
-//! carries, and nothing a request contains can end the consumer loop.
+//! carries; nothing a request contains can end the consumer loop; every reply is made by
+//! [`Reply::new`], so none is larger than the limit; and a request that comes back after
+//! costing the server its link is answered with a `poison` error, not run forever
+//! ([`Casualties`]).
 
-use std::sync::Arc;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::types::ShortString;
 use lapin::Consumer;
 use rpc_core::{run, Args, Context, Handler, RpcError};
 use serde_json::{Map, Value};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::codec::error_body;
+use crate::config::DIRECT_REPLY_MAX;
 use crate::link::Link;
 use crate::rpc::Shared;
 use crate::{wire, Codec};
 
-/// Consumes method queue `name` until cancelled or the link dies.
+/// Consumes method queue `name` until cancelled or the link dies. When the broker cancels
+/// the consumer while the method is still registered (its queue was deleted), declares the
+/// queue again and goes on serving.
 pub(crate) async fn serve_queue(
     shared: Arc<Shared>,
     link: Arc<Link>,
@@ -27,27 +37,72 @@ pub(crate) async fn serve_queue(
     handler: Arc<dyn Handler>,
     mut consumer: Consumer,
 ) {
-    // `close` waits for this loop too: deliveries it still holds get answered.
-    let _alive = shared.inflight_guard();
-    while let Some(item) = consumer.next().await {
-        match item {
-            Ok(delivery) => {
-                let guard = shared.inflight_guard();
-                let (shared, link, handler) = (Arc::clone(&shared), Arc::clone(&link), Arc::clone(&handler));
-                tokio::spawn(async move {
-                    handle(&shared, &link, handler.as_ref(), delivery).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                warn!(method = %name, error = %e, "method consumer failed");
-                shared.link_lost(link.generation, e.to_string());
-                return;
+    loop {
+        // `close` waits for this loop too: deliveries it still holds get answered.
+        let alive = shared.inflight_guard();
+        while let Some(item) = consumer.next().await {
+            match item {
+                Ok(delivery) => {
+                    let guard = shared.inflight_guard();
+                    let (shared, link, handler) = (Arc::clone(&shared), Arc::clone(&link), Arc::clone(&handler));
+                    tokio::spawn(async move {
+                        handle(&shared, &link, handler.as_ref(), delivery).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    warn!(method = %name, error = %e, "method consumer failed");
+                    shared.link_lost(link.generation, e.to_string());
+                    return;
+                }
             }
         }
+        drop(alive);
+        if !still_serving(&shared, &link, &name) || !link.consumes(&name) {
+            return;
+        }
+        warn!(method = %name, "the broker cancelled the consumer (queue deleted?); declaring the queue again");
+        match resume(&shared, &link, &name).await {
+            Some(again) => consumer = again,
+            None => return,
+        }
     }
-    if !shared.is_closing() && shared.is_registered(&name) && link.consumes(&name) {
-        warn!(method = %name, "the broker cancelled the consumer (queue deleted?); no longer serving it");
+}
+
+/// Whether `name` should still be served on `link`.
+fn still_serving(shared: &Shared, link: &Link, name: &str) -> bool {
+    !shared.is_closing() && shared.is_registered(name) && shared.is_live(link.generation)
+}
+
+/// Declares method queue `name` again and consumes it, retrying with backoff
+/// (`reconnect_delay`) until it works, the method is unregistered, the link dies or the
+/// `Rpc` closes.
+async fn resume(shared: &Shared, link: &Link, name: &str) -> Option<Consumer> {
+    let key = wire::short(name).ok()?;
+    let mut delay = shared.config.reconnect_delay;
+    loop {
+        match link.consume_method(&key).await {
+            Ok(consumer) if still_serving(shared, link, name) => {
+                info!(method = %name, "method queue declared again; serving it");
+                return Some(consumer);
+            }
+            // Unregistered meanwhile: the new consumer must not outlive the registration.
+            Ok(_) => {
+                let _ = link.cancel_method(name).await;
+                return None;
+            }
+            Err(e) => warn!(
+                method = %name,
+                error = %e,
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "cannot declare the method queue again"
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        if !still_serving(shared, link, name) {
+            return None;
+        }
+        delay = delay.saturating_mul(2).min(shared.config.reconnect_max_delay);
     }
 }
 
@@ -62,33 +117,198 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
         ack(&delivery, target).await;
         return;
     };
-    let (codec, outcome) = evaluate(shared, handler, &delivery).await;
-    let (kind, body) = encode_outcome(codec, outcome, target, shared.config.max_body_size);
+    let casualties = &shared.casualties;
+    let key = casualties.key(target, &delivery);
+    let _held = casualties.hold(link.generation, delivery.delivery_tag, key);
+    let verdict = if delivery.redelivered { casualties.verdict(key) } else { None };
+    let limit = shared.body_limit();
+    let reply = match verdict {
+        Some(poison) => {
+            warn!(method = %target, "redelivered request refused as poison (acked, not run again)");
+            let codec = request_codec(target, &delivery).unwrap_or(Codec::Json);
+            Reply::new(codec, Err(poison.error(target)), target, limit)
+        }
+        None => {
+            let (codec, outcome) = evaluate(shared, handler, &delivery).await;
+            Reply::new(codec, outcome, target, limit)
+        }
+    };
+    let mut published = publish(link, &reply_to, &delivery, &reply).await;
+    if let Published::Refused(reason) = &published {
+        // The link is intact (a large reply is refused on a channel of its own), so a short
+        // error reply (a few hundred bytes, under any broker's limit) still goes out, and the
+        // request is acked.
+        shared.learn_broker_limit(reason);
+        warn!(method = %target, size = reply.body.len(), reason = %reason, "the broker refused a reply; answering with an error");
+        let refusal = Reply::new(reply.codec, Err(refused(target, &reply, reason)), target, limit);
+        published = publish(link, &reply_to, &delivery, &refusal).await;
+    }
+    match published {
+        Published::Done => {
+            casualties.answered(key);
+            ack(&delivery, target).await;
+        }
+        Published::Refused(reason) => reject(&delivery, target, &reply_to, &reason).await,
+        Published::Failed(e) => reject(&delivery, target, &reply_to, &e.to_string()).await,
+    }
+}
+
+/// Rejects a request whose reply could not be published.
+async fn reject(delivery: &Delivery, target: &str, reply_to: &ShortString, why: &str) {
+    // As aio-pika: reject without requeue, so the request is dead-lettered back to the caller
+    // (who sees it as expired) rather than looping. When the channel itself is gone this fails
+    // too and the broker requeues the request for another server.
+    warn!(method = %target, reply_to = %reply_to, error = %why, "publishing the reply failed; rejecting the request");
+    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+        debug!(method = %target, error = %e, "reject failed (channel gone; the broker requeues)");
+    }
+}
+
+/// What became of a reply.
+#[derive(Debug)]
+enum Published {
+    /// Published (and, where the channel confirms, confirmed).
+    Done,
+    /// The broker refused it (a nack, or the channel it was sent on alone was closed).
+    Refused(String),
+    /// The serving channel failed.
+    Failed(lapin::Error),
+}
+
+/// Publishes `reply` to `reply_to`: on the serving channel when it is small (or the link has no
+/// connection of its own); otherwise on a channel of its own with a confirm, so that a broker
+/// refusing it (its `max_message_size`) closes only that channel.
+async fn publish(link: &Link, reply_to: &ShortString, delivery: &Delivery, reply: &Reply) -> Published {
+    let props = &delivery.properties;
     let properties = wire::reply_properties(
-        codec,
+        reply.codec,
         props.correlation_id().as_ref(),
-        kind,
+        reply.kind,
         props.delivery_mode().unwrap_or(wire::TRANSIENT),
     );
+    if reply.body.len() > DIRECT_REPLY_MAX {
+        if let Some(apart) = link.publish_apart(reply_to.clone(), &reply.body, properties.clone()).await {
+            return match apart {
+                Ok(confirmation) if !confirmation.is_nack() => Published::Done,
+                Ok(_) => Published::Refused("the broker did not confirm the reply (nack)".into()),
+                Err(e) => Published::Refused(e.to_string()),
+            };
+        }
+    }
     let published = async {
         link.server
-            .basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), &body, properties)
+            .basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), &reply.body, properties)
             .await?
             .await
     }
     .await;
     match published {
-        Ok(confirmation) if !confirmation.is_nack() => ack(&delivery, target).await,
-        outcome => {
-            // As aio-pika: reject without requeue, so the request is dead-lettered back to the
-            // caller (who sees it as expired) rather than looping. When the channel itself is
-            // gone this fails too and the broker requeues the request for another server.
-            warn!(method = %target, reply_to = %reply_to, ?outcome, "publishing the reply failed; rejecting the request");
-            if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-                debug!(method = %target, error = %e, "reject failed (channel gone; the broker requeues)");
+        Ok(confirmation) if !confirmation.is_nack() => Published::Done,
+        Ok(_) => Published::Refused("the broker did not confirm the reply (nack)".into()),
+        Err(e) => Published::Failed(e),
+    }
+}
+
+/// The short error that replaces a reply the broker refused.
+fn refused(target: &str, reply: &Reply, reason: &str) -> RpcError {
+    let reason: String = reason.chars().take(300).collect();
+    let (code, message) = match wire::refused_size_limit(&reason) {
+        Some(limit) => (
+            REPLY_TOO_LARGE,
+            format!(
+                "the {} of {} bytes exceeds the broker's max_message_size of {limit} bytes",
+                reply.about,
+                reply.body.len()
+            ),
+        ),
+        None => {
+            (REPLY_REFUSED, format!("the broker refused the {} of {} bytes: {reason}", reply.about, reply.body.len()))
+        }
+    };
+    RpcError::Handler { target: target.to_owned(), code: Some(code.to_owned()), message }
+}
+
+/// Code of the error that replaces a reply larger than the limit.
+pub(crate) const REPLY_TOO_LARGE: &str = "reply_too_large";
+/// Code of the error that replaces a reply the broker refused for another reason.
+pub(crate) const REPLY_REFUSED: &str = "reply_refused";
+/// Code of the error that answers a request refused as poison.
+pub(crate) const POISON: &str = "poison";
+
+/// A reply ready to publish.
+struct Reply {
+    codec: Codec,
+    /// `result` or `error`.
+    kind: &'static str,
+    body: Vec<u8>,
+    /// What it is, for messages: `result`, `error reply (handler, unknown_operator)`.
+    about: String,
+}
+
+impl Reply {
+    /// The reply to `outcome`, never larger than `limit` bytes: the one bound on what a server
+    /// publishes. A larger result or error becomes a `reply_too_large` error of a few hundred
+    /// bytes, which is sent whatever the limit.
+    fn new(codec: Codec, outcome: Result<Value, RpcError>, target: &str, limit: usize) -> Reply {
+        let (about, size) = match Self::encode(codec, outcome, target, limit) {
+            Ok(reply) if reply.body.len() <= limit => return reply,
+            Ok(reply) => (reply.about, reply.body.len().to_string()),
+            Err(over) => over,
+        };
+        let message = format!("the {about} of {size} bytes exceeds the reply limit of {limit} bytes");
+        debug!(method = %target, %message, "reply replaced by reply_too_large");
+        let error = RpcError::Handler { target: target.to_owned(), code: Some(REPLY_TOO_LARGE.into()), message };
+        Self::encode_error(codec, &error, "error reply (reply_too_large)".into())
+    }
+
+    /// The reply as it would be published; `Err((what it is, its size))` for an error whose
+    /// text alone makes the reply larger than `limit`, which is then never built.
+    fn encode(
+        codec: Codec,
+        outcome: Result<Value, RpcError>,
+        target: &str,
+        limit: usize,
+    ) -> Result<Reply, (String, String)> {
+        let error = match outcome.map(|value| codec.encode(&value)) {
+            Ok(Ok(body)) => return Ok(Reply { codec, kind: wire::TYPE_RESULT, body, about: "result".into() }),
+            Ok(Err(e)) => RpcError::Internal { message: format!("{target}: result does not encode: {e}") },
+            Err(e) => e,
+        };
+        let about = match &error {
+            RpcError::Handler { code: Some(code), .. } => {
+                format!("error reply ({}, {})", error.kind(), code.chars().take(64).collect::<String>())
             }
+            other => format!("error reply ({})", other.kind()),
+        };
+        // The envelope holds the error's text twice (`message`, `args`): one quoting a huge
+        // argument is refused from its length, before copies of it are made.
+        let text = display_len(&error).saturating_mul(2);
+        if text > limit {
+            return Err((about, format!("at least {text}")));
+        }
+        Ok(Self::encode_error(codec, &error, about))
+    }
+
+    fn encode_error(codec: Codec, error: &RpcError, about: String) -> Reply {
+        let envelope = error_body(error);
+        // Error envelopes are small JSON-compatible maps; both codecs encode them.
+        let body = codec.encode(&envelope).or_else(|_| Codec::Json.encode(&envelope)).unwrap_or_default();
+        Reply { codec, kind: wire::TYPE_ERROR, body, about }
+    }
+}
+
+/// The length of `error`'s text, counted without writing it out.
+fn display_len(error: &RpcError) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = self.0.saturating_add(s.len());
+            Ok(())
         }
     }
+    let mut count = Count(0);
+    let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{error}"));
+    count.0
 }
 
 async fn ack(delivery: &Delivery, target: &str) {
@@ -97,27 +317,29 @@ async fn ack(delivery: &Delivery, target: &str) {
     }
 }
 
+/// The codec a request is answered in, or why it cannot be read.
+fn request_codec(target: &str, delivery: &Delivery) -> Result<Codec, RpcError> {
+    match delivery.properties.content_type() {
+        Some(ct) => Codec::from_content_type(ct.as_str()).ok_or_else(|| {
+            RpcError::bad_request(format!(
+                "{target}: unsupported content type '{ct}' (expected {} or {})",
+                crate::codec::MSGPACK,
+                crate::codec::JSON
+            ))
+        }),
+        // No content type: JSON when it looks like a JSON object, MessagePack otherwise.
+        None if delivery.data.trim_ascii_start().first() == Some(&b'{') => Ok(Codec::Json),
+        None => Ok(Codec::MsgPack),
+    }
+}
+
 /// Decodes and runs a request: the codec to answer in, and the result.
 async fn evaluate(shared: &Shared, handler: &dyn Handler, delivery: &Delivery) -> (Codec, Result<Value, RpcError>) {
-    let props = &delivery.properties;
-    let target = handler.target();
-    let codec = match props.content_type() {
-        Some(ct) => match Codec::from_content_type(ct.as_str()) {
-            Some(codec) => codec,
-            None => {
-                let reason = format!(
-                    "{target}: unsupported content type '{ct}' (expected {} or {})",
-                    crate::codec::MSGPACK,
-                    crate::codec::JSON
-                );
-                return (Codec::Json, Err(RpcError::bad_request(reason)));
-            }
-        },
-        // No content type: JSON when it looks like a JSON object, MessagePack otherwise.
-        None if delivery.data.trim_ascii_start().first() == Some(&b'{') => Codec::Json,
-        None => Codec::MsgPack,
-    };
-    (codec, run(shared, handler, delivery, codec).await)
+    match request_codec(handler.target(), delivery) {
+        Ok(codec) => (codec, run(shared, handler, delivery, codec).await),
+        // A content type we do not read is answered in JSON, which every peer reads.
+        Err(e) => (Codec::Json, Err(e)),
+    }
 }
 
 async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec: Codec) -> Result<Value, RpcError> {
@@ -181,18 +403,145 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// The reply's `type` and body.
-fn encode_outcome(codec: Codec, outcome: Result<Value, RpcError>, target: &str, max: usize) -> (&'static str, Vec<u8>) {
-    let error = match outcome.map(|value| codec.encode(&value)) {
-        Ok(Ok(body)) if body.len() <= max => return (wire::TYPE_RESULT, body),
-        Ok(Ok(body)) => RpcError::Internal {
-            message: format!("{target}: result of {} bytes exceeds the limit of {max} bytes", body.len()),
-        },
-        Ok(Err(e)) => RpcError::Internal { message: format!("{target}: result does not encode: {e}") },
-        Err(e) => e,
-    };
-    let envelope = error_body(&error);
-    // Error envelopes are small JSON-compatible maps; both codecs encode them.
-    let body = codec.encode(&envelope).or_else(|_| Codec::Json.encode(&envelope)).unwrap_or_default();
-    (wire::TYPE_ERROR, body)
+/// How many requests a server remembers in each of its poison memories.
+const REMEMBERED: usize = 4096;
+
+/// What a server remembers to recognise poison: the requests it holds, those it answered
+/// recently, and those it held when it lost its link. Bounded: at most [`REMEMBERED`] of each
+/// (oldest forgotten first), 8 bytes a request (a keyed hash of its method, correlation id,
+/// reply queue and size).
+///
+/// A redelivered request is poison when this server already answered it (the link died
+/// before the broker saw the ack: the reply itself may be what the broker refused), or when
+/// it was being handled at each of two losses of the link. A request merely being handled
+/// at one loss (a network cut, a broker closing the connection) runs again, as at-least-once
+/// delivery promises.
+#[derive(Default)]
+pub(crate) struct Casualties {
+    state: Mutex<CasualtyState>,
+    hasher: RandomState,
+}
+
+#[derive(Default)]
+struct CasualtyState {
+    /// Requests being handled: (link generation, delivery tag) -> key.
+    held: HashMap<(u64, u64), u64>,
+    /// Requests answered recently.
+    answered: Remembered,
+    /// Requests held at a loss of the link: key -> how many losses.
+    struck: Remembered,
+    /// Why the link was last lost (cut to 200 characters).
+    last_loss: String,
+}
+
+/// A bounded map that forgets its oldest entries.
+#[derive(Default)]
+struct Remembered {
+    order: VecDeque<u64>,
+    values: HashMap<u64, u8>,
+}
+
+impl Remembered {
+    fn get(&self, key: u64) -> Option<u8> {
+        self.values.get(&key).copied()
+    }
+
+    fn bump(&mut self, key: u64) {
+        match self.values.get_mut(&key) {
+            Some(n) => *n = n.saturating_add(1),
+            None => {
+                self.values.insert(key, 1);
+                self.order.push_back(key);
+                while self.order.len() > REMEMBERED {
+                    if let Some(old) = self.order.pop_front() {
+                        self.values.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a redelivered request is refused.
+#[derive(Debug)]
+pub(crate) struct Poison {
+    answered: bool,
+    last_loss: String,
+}
+
+impl Poison {
+    fn error(&self, target: &str) -> RpcError {
+        let message = if self.answered {
+            format!(
+                "redelivered after this server answered it and lost its link to the broker before the ack \
+                 ({}); its reply may be what the broker refused, so it is not run again",
+                self.last_loss
+            )
+        } else {
+            format!(
+                "it was being handled at each of the last two losses of this server's link to the broker \
+                 (last: {}); it is not run again",
+                self.last_loss
+            )
+        };
+        RpcError::Handler { target: target.to_owned(), code: Some(POISON.into()), message }
+    }
+}
+
+/// Removes a request from [`CasualtyState::held`] when its handling ends.
+pub(crate) struct Held<'a> {
+    casualties: &'a Casualties,
+    id: (u64, u64),
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.casualties.lock().held.remove(&self.id);
+    }
+}
+
+impl Casualties {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CasualtyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key of a request: its method, correlation id, reply queue and size.
+    fn key(&self, target: &str, delivery: &Delivery) -> u64 {
+        let props = &delivery.properties;
+        self.hasher.hash_one((
+            target,
+            props.correlation_id().as_ref().map(ShortString::as_str),
+            props.reply_to().as_ref().map(ShortString::as_str),
+            delivery.data.len(),
+        ))
+    }
+
+    fn hold(&self, generation: u64, tag: u64, key: u64) -> Held<'_> {
+        self.lock().held.insert((generation, tag), key);
+        Held { casualties: self, id: (generation, tag) }
+    }
+
+    fn answered(&self, key: u64) {
+        self.lock().answered.bump(key);
+    }
+
+    /// Whether a redelivered request is poison.
+    fn verdict(&self, key: u64) -> Option<Poison> {
+        let state = self.lock();
+        let answered = state.answered.get(key).is_some();
+        (answered || state.struck.get(key) >= Some(2)).then(|| Poison { answered, last_loss: state.last_loss.clone() })
+    }
+
+    /// The link of `generation` died: every request it held gets a strike.
+    pub(crate) fn link_lost(&self, generation: u64, reason: &str) {
+        let mut state = self.lock();
+        let CasualtyState { held, struck, last_loss, .. } = &mut *state;
+        held.retain(|(g, _), key| {
+            if *g == generation {
+                struck.bump(*key);
+            }
+            *g != generation
+        });
+        *last_loss = reason.chars().take(200).collect();
+    }
 }

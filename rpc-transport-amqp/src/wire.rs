@@ -146,16 +146,113 @@ pub fn death_reason(props: &BasicProperties) -> Option<String> {
 ///
 /// `amqp://guest:guest@host/%2f` becomes `amqp://guest:***@host/%2f`; a URL without a
 /// password is returned as it is.
+///
+/// The user information is what lies between the scheme (`amqp://`, or `amqp:` without the
+/// slashes) and the **last** `@`, and the password is everything in it after its first `:`
+/// (RFC 3986 §3.2.1: the user name cannot contain a `:`). A password should be
+/// percent-encoded, but one typed raw is hidden all the same, even when its `/`, `?`, `#` or `@`
+/// makes the URL mean something else to a parser (`amqp://guest:AbC+/xYz=@host/%2f`, a base64
+/// password). Where the URL is ambiguous, more is hidden, never less: `amqp://host:5672/vh?x=a@b`
+/// shows as `amqp://host:***@b`. Text that does not start with `amqp:` or `amqps:` is read as
+/// user information from its start: `guest:secret@host` gives `guest:***@host`, and another
+/// scheme is hidden with the password (`http://u:p@h` gives `http:***@h`).
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    // The last '@' ends the user info: a password may itself contain '@' if not escaped.
-    let Some(at) = authority.rfind('@') else { return url.to_owned() };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else { return url.to_owned() };
-    format!("{}{}:***{}", &url[..scheme_end], &userinfo[..colon], &rest[at..])
+    match password_span(url) {
+        Some(span) => format!("{}***{}", &url[..span.start], &url[span.end..]),
+        None => url.to_owned(),
+    }
+}
+
+/// `text` (an error message, a log line) with every trace of `url`'s password removed.
+///
+/// The URL itself, where `text` quotes it, is shown as [`redact_url`] shows it; the password
+/// is then replaced by `***` wherever else it appears: as written in the URL, percent-decoded
+/// (the form the broker receives), and as `{:?}` escapes either. This is how a lapin error
+/// that quotes the URL it was given is shown. Only passwords of at least 4 characters are
+/// looked for outside the URL (a shorter one would match inside ordinary words).
+pub fn redact_text(text: &str, url: &str) -> String {
+    let mut out = if url.is_empty() { text.to_owned() } else { text.replace(url, &redact_url(url)) };
+    for form in password_forms(url) {
+        out = out.replace(&form, "***");
+    }
+    out
+}
+
+/// Fewest characters a password must have to be scrubbed from text by value.
+const MIN_SCRUBBED_CHARS: usize = 4;
+
+/// The spellings of `url`'s password that text may contain, longest first.
+fn password_forms(url: &str) -> Vec<String> {
+    let Some(span) = password_span(url) else { return Vec::new() };
+    let raw = &url[span];
+    let decoded = percent_decode(raw);
+    let mut forms = Vec::new();
+    for form in [raw.to_owned(), decoded] {
+        // `{:?}` escapes a leading combining mark that it leaves alone elsewhere: escape the
+        // password as it appears inside a longer string.
+        let quoted = format!("{:?}", format!("x{form}"));
+        let escaped = quoted.get(2..quoted.len().saturating_sub(1)).unwrap_or_default().to_owned();
+        forms.push(form);
+        forms.push(escaped);
+    }
+    forms.retain(|form| form.chars().count() >= MIN_SCRUBBED_CHARS);
+    forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+    forms.dedup();
+    forms
+}
+
+/// Byte range of the password in `url`, when it has one (see [`redact_url`]).
+fn password_span(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = authority_start(url);
+    let rest = &url[start..];
+    let at = rest.rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some(start + colon + 1..start + at)
+}
+
+/// Where the authority (user information, host, port) begins: after `amqp://` or `amqps://`
+/// (any case, any number of slashes, none included); at 0 for any other text.
+///
+/// Only the AMQP schemes are recognised: in `guest://secret@host`, `guest` may as well be a
+/// user name whose password starts with `//`, and lapin refuses other schemes anyway.
+fn authority_start(url: &str) -> usize {
+    let Some(colon) = url.find(':') else { return 0 };
+    let scheme = &url[..colon];
+    if !(scheme.eq_ignore_ascii_case("amqp") || scheme.eq_ignore_ascii_case("amqps")) {
+        return 0;
+    }
+    let after = &url[colon + 1..];
+    colon + 1 + after.len() - after.trim_start_matches(['/', '\\']).len()
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are), as UTF-8 with replacement
+/// characters.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(u8::try_from(high * 16 + low).unwrap_or_default());
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The size limit in a broker's refusal of a message that is too large (RabbitMQ:
+/// `PRECONDITION_FAILED - message size 2097152 is larger than configured max size 1048576`).
+pub(crate) fn refused_size_limit(reason: &str) -> Option<usize> {
+    const MARK: &str = "larger than configured max size ";
+    let tail = &reason[reason.find(MARK)? + MARK.len()..];
+    let digits = tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len());
+    tail[..digits].parse().ok()
 }
 
 #[cfg(test)]
@@ -167,8 +264,47 @@ mod tests {
         assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(redact_url("amqps://u:p@ss@host"), "amqps://u:***@host");
         assert_eq!(redact_url("amqp://user@host/vh"), "amqp://user@host/vh");
-        assert_eq!(redact_url("amqp://host:5672/vh?x=a:b@c"), "amqp://host:5672/vh?x=a:b@c");
+        assert_eq!(redact_url("amqp://host/vh?x=a@c"), "amqp://host/vh?x=a@c");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn passwords_with_delimiters_typed_raw_are_redacted_whole() {
+        let cases = [
+            ("amqp://guest:AbC+/xYz=@127.0.0.1:5672/%2f", "amqp://guest:***@127.0.0.1:5672/%2f"),
+            ("amqp://guest:a#b@host/%2f", "amqp://guest:***@host/%2f"),
+            ("amqp://guest:a?b@host", "amqp://guest:***@host"),
+            ("amqp://guest:a@b/c:d@host/vh", "amqp://guest:***@host/vh"),
+            ("amqp://guest:p%40ss@host", "amqp://guest:***@host"),
+            ("amqp:guest:secret@host", "amqp:guest:***@host"),
+            ("guest:secret@host:5672", "guest:***@host:5672"),
+            ("guest:/secret@host", "guest:***@host"),
+            ("guest://secret@host", "guest:***@host"),
+            ("http://u:p@h", "http:***@h"),
+            ("AMQPS://u:pw@h", "AMQPS://u:***@h"),
+            ("amqp://u:@h", "amqp://u:***@h"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+        // Ambiguous: more is hidden rather than less.
+        assert_eq!(redact_url("amqp://host:5672/vh?x=a:b@c"), "amqp://host:***@c");
+    }
+
+    #[test]
+    fn text_quoting_the_url_or_the_password_in_any_spelling_is_scrubbed() {
+        let url = "amqp:guest:p%40ss\"w0rd@host";
+        let text = format!("Invalid URL: '{url}' / {:?} / password p@ss\"w0rd", format!("p@ss\"w0rd"));
+        let shown = redact_text(&text, url);
+        assert_eq!(shown, "Invalid URL: 'amqp:guest:***@host' / \"***\" / password ***");
+        assert_eq!(redact_text("ab in a word: abc", "amqp://u:ab@h"), "ab in a word: abc");
+    }
+
+    #[test]
+    fn a_size_refusal_names_the_brokers_limit() {
+        let reason = "protocol error: AMQP soft error: PRECONDITION-FAILED: PRECONDITION_FAILED - message size 2097152 is larger than configured max size 1048576";
+        assert_eq!(refused_size_limit(reason), Some(1_048_576));
+        assert_eq!(refused_size_limit("NOT_FOUND - no queue"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{queue_state, raw_reply_queue, rpc, timed, unique};
+use common::{broker_connections, queue_state, raw_reply_queue, rpc, timed, unique};
 use futures_util::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
@@ -306,20 +306,6 @@ async fn losing_the_connection_fails_pending_calls_at_once_with_a_transport_erro
     assert!(!client.is_connected());
 }
 
-/// Pids of the broker connections whose client-provided name is `name`.
-fn broker_connections(name: &str) -> Vec<String> {
-    let out = Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl (needed to close a connection from the broker side)");
-    assert!(out.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.contains(name))
-        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test]
 async fn rpc_that_owns_its_connection_reconnects_after_the_broker_closes_it() {
     let connection_name = unique("rpc-test-reconnect");
@@ -386,4 +372,113 @@ async fn connect_errors_never_show_the_password() {
     assert!(shown.contains("guest:***@127.0.0.1"), "{shown}");
     let rpc_error: RpcError = err.into();
     assert!(!format!("{rpc_error} {rpc_error:?}").contains(secret));
+}
+
+/// Calls `method` every 100 ms until it answers, at most `limit`; the first answer and when
+/// it came, or the last error.
+async fn answered_within(client: &Rpc, method: &str, limit: Duration) -> Result<(f64, Duration), RpcError> {
+    let started = std::time::Instant::now();
+    loop {
+        let options = rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(2));
+        match client.call_with::<f64>(method, kwargs! { "t" => 7 }, options).await {
+            Ok(value) => return Ok((value, started.elapsed())),
+            Err(e) if started.elapsed() >= limit => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_method_queue_deleted_under_a_running_server_is_declared_again_and_served_within_seconds() {
+    let (_c1, client) = rpc().await;
+    let (_c2, raw) = common::channel().await;
+    // Both kinds of server: on its own connection (declares on a throwaway channel) and on a
+    // caller's channel (declares on the serving channel).
+    let (_c3, on_channel) = rpc().await;
+    let owning = Rpc::builder()
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .connect(&common::url())
+        .await
+        .unwrap();
+    for (kind, server) in [("own connection", &owning), ("caller's channel", &on_channel)] {
+        let name = unique("deleted");
+        server.register_async(&name, |a: T| async move { Ok::<_, HandlerError>(a.t) }).await.unwrap();
+        assert_eq!(client.call::<f64>(&name, kwargs! { "t" => 1 }).await.unwrap(), 1.0, "{kind}");
+        let reply_queue = server.reply_queue();
+
+        // An operator (or a policy) deletes the queue under the running server.
+        raw.queue_delete(name.as_str().into(), Default::default()).await.unwrap();
+        let answered = answered_within(&client, &name, Duration::from_secs(5)).await;
+        let (value, took) = answered.unwrap_or_else(|e| panic!("{kind}: not served again within 5 s: {e:?}"));
+        assert_eq!(value, 7.0, "{kind}");
+        println!("{kind}: served again {took:?} after the queue was deleted");
+        assert_eq!(server.reply_queue(), reply_queue, "{kind}: the server kept its link (no reconnection)");
+        assert_eq!(queue_state(&name).await, (0, 1), "{kind}: one consumer on the new queue, nothing waiting");
+
+        // Unregistered, it stays unserved even when the queue goes away again.
+        server.unregister(&name).await.unwrap();
+        raw.queue_delete(name.as_str().into(), Default::default()).await.unwrap();
+        let unserved = client.call::<f64>(&name, kwargs! { "t" => 1 }).await;
+        assert!(matches!(unserved, Err(RpcError::Unavailable { .. })), "{kind}: {unserved:?}");
+    }
+    owning.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_two_losses_of_the_servers_link_is_answered_poison_and_not_run_a_third_time() {
+    let connection_name = unique("rpc-test-poison");
+    let server = Rpc::builder()
+        .connection_name(&connection_name)
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .shutdown_grace(Duration::from_millis(200))
+        .connect(&common::url())
+        .await
+        .unwrap();
+    let name = unique("poison");
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Arc::new(Notify::new());
+    let (r, s) = (Arc::clone(&runs), Arc::clone(&started));
+    server
+        .register_async(&name, move |_: Nothing| {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let s = Arc::clone(&s);
+            async move {
+                s.notify_one();
+                // Holds the request until the link under it dies.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, HandlerError>(0)
+            }
+        })
+        .await
+        .unwrap();
+    let (_c, client) = rpc().await;
+    let call = {
+        let (client, name) = (client.clone(), name.clone());
+        let options = rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(60));
+        tokio::spawn(async move { client.call_with::<u8>(&name, kwargs! {}, options).await })
+    };
+    for loss in 1..=2 {
+        tokio::time::timeout(Duration::from_secs(20), started.notified())
+            .await
+            .unwrap_or_else(|_| panic!("run {loss} did not start"));
+        // The broker requeues the request and, once the server is back, redelivers it.
+        common::close_broker_connection(&connection_name, "killed by the poison test");
+    }
+    let (outcome, took) = timed(call).await;
+    let outcome = outcome.unwrap();
+    match &outcome {
+        Err(RpcError::Handler { code: Some(code), message, .. }) if code == "poison" => {
+            assert!(message.contains("not run again"), "{message}");
+        }
+        other => panic!("expected a poison error, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(20), "answered {took:?} after the second loss");
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "run once, again after the first loss, never a third time"
+    );
+    assert!(server.wait_connected(Duration::from_secs(20)).await);
+    assert_eq!(queue_state(&name).await, (0, 1), "acked: nothing requeued");
+    server.close().await.unwrap();
 }

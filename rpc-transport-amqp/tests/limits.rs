@@ -37,3 +37,73 @@ async fn a_server_stops_a_request_at_its_max_run_even_when_the_caller_would_wait
     client.close().await.expect("client closes");
     server.close().await.expect("server closes");
 }
+
+#[derive(Deserialize)]
+struct Size {
+    bytes: usize,
+    error: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_limit_becomes_a_short_reply_too_large_error_and_a_huge_error_message_is_cut_and_both_are_acked(
+) {
+    let url = common::url();
+    let limit = 64 * 1024;
+    let server = Rpc::builder().max_body_size(limit).connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let method = common::unique("limits.big");
+    server
+        .register_async(&method, |s: Size| async move {
+            let text = "\"".repeat(s.bytes);
+            if s.error {
+                Err(rpc_core::HandlerError::new("big_error", text))
+            } else {
+                Ok(text)
+            }
+        })
+        .await
+        .expect("register");
+    let reply_queue = server.reply_queue();
+    for error in [true, false] {
+        let what = if error { "error reply (handler, big_error)" } else { "result" };
+        // Under the limit: through, whole.
+        let small = client.call::<String>(&method, kwargs! {"bytes" => 1000, "error" => error}).await;
+        match (&small, error) {
+            (Err(RpcError::Handler { code: Some(code), message, .. }), true) => {
+                assert_eq!((code.as_str(), message.len()), ("big_error", 1000), "{small:?}")
+            }
+            (Ok(text), false) => assert_eq!(text.len(), 1000),
+            _ => panic!("a 1000-byte {what}: {small:?}"),
+        }
+        let err = client.call::<String>(&method, kwargs! {"bytes" => 200_000, "error" => error}).await.unwrap_err();
+        let shown = err.to_string();
+        // The first 300 characters, enough to see what came instead.
+        let head: String = shown.chars().take(300).collect();
+        if error {
+            // A handler's own message is cut at its source (rpc-core bounds every error's
+            // text), so its code reaches the caller, with the message's full length named.
+            match &err {
+                RpcError::Handler { code: Some(code), message, .. } => {
+                    assert_eq!(code, "big_error", "{} bytes: {head}", shown.len());
+                    assert!(message.ends_with("(cut; 200000 bytes in all)"), "{} bytes: {head}", shown.len());
+                }
+                _ => panic!("expected the handler's big_error, cut, got {} bytes: {head}", shown.len()),
+            }
+            assert!(shown.len() <= rpc_core::error::MAX_MESSAGE + 200, "the error is bounded: {} bytes", shown.len());
+            continue;
+        }
+        // A result over the limit: a short error that says what and how large.
+        match &err {
+            RpcError::Handler { code: Some(code), .. } => {
+                assert_eq!(code, "reply_too_large", "{} bytes: {head}", shown.len())
+            }
+            _ => panic!("expected reply_too_large for a large {what}, got {} bytes: {head}", shown.len()),
+        }
+        assert!(shown.contains(what) && shown.contains(&format!("the reply limit of {limit} bytes")), "{head}");
+        assert!(shown.len() < 1024, "the error is short: {} bytes", shown.len());
+    }
+    assert_eq!(server.reply_queue(), reply_queue, "the server kept its link");
+    assert_eq!(common::queue_state(&method).await, (0, 1), "every request acked");
+    client.close().await.expect("client closes");
+    server.close().await.expect("server closes");
+}

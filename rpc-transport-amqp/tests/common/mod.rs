@@ -74,6 +74,32 @@ pub async fn raw_reply_queue(channel: &Channel) -> (String, Consumer) {
     (queue.name().to_string(), consumer)
 }
 
+/// Pids of the broker connections whose client-provided name is `name` (from `rabbitmqctl`,
+/// which the tests run next to the broker).
+pub fn broker_connections(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl (needed to close a connection from the broker side)");
+    assert!(out.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Closes, from the broker's side, the one connection named `name`.
+pub fn close_broker_connection(name: &str, reason: &str) {
+    let pids = broker_connections(name);
+    assert_eq!(pids.len(), 1, "expected one connection named {name}, found {pids:?}");
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pids[0], reason])
+        .output()
+        .expect("rabbitmqctl close_connection");
+    assert!(out.status.success(), "rabbitmqctl close_connection failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Runs `f` and returns its output with the time it took.
 pub async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
     let started = std::time::Instant::now();
