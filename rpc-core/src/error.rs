@@ -116,6 +116,16 @@ pub enum RpcError {
         message: String,
     },
 
+    /// The call lacks an accepted credential in its metadata (see
+    /// [`AuthLayer`](crate::layer::auth::AuthLayer)); it never reached the handler.
+    #[error("{target}: unauthenticated: {reason}")]
+    Unauthenticated {
+        /// `service.method`.
+        target: String,
+        /// What was missing or refused (never the credential itself).
+        reason: String,
+    },
+
     /// The call was cancelled before it finished: its caller went away (closed the
     /// connection, dropped the call) or the server is shutting down.
     #[error("{target}: cancelled")]
@@ -243,6 +253,7 @@ impl RpcError {
             RpcError::Handler { .. } => "handler",
             RpcError::Panic { .. } => "panic",
             RpcError::Cancelled { .. } => "cancelled",
+            RpcError::Unauthenticated { .. } => "unauthenticated",
             RpcError::NonFinite { .. } => "non_finite",
             RpcError::DeadlineExceeded { .. } => "deadline_exceeded",
             RpcError::Unavailable { .. } => "unavailable",
@@ -354,7 +365,7 @@ impl RpcError {
                 cut(path);
                 cut(value);
             }
-            RpcError::Unavailable { target, reason } => {
+            RpcError::Unavailable { target, reason } | RpcError::Unauthenticated { target, reason } => {
                 cut(target);
                 cut(reason);
             }

@@ -19,6 +19,8 @@
 //! - [`handler`]: [`Handler`], one callable method (plain functions or service methods);
 //! - [`blocking`]: [`BlockingPool`], where synchronous handlers run;
 //! - [`transport`]: the client-side [`Transport`] trait; [`memory`]: [`MemoryTransport`];
+//! - [`layer`]: middleware as tower layers (tracing, metrics, auth), the same for every
+//!   transport;
 //! - [`error`]: [`RpcError`] and its wire form.
 //!
 //! ```
@@ -52,6 +54,7 @@ pub mod context;
 pub mod error;
 mod finite;
 pub mod handler;
+pub mod layer;
 pub mod memory;
 pub mod registry;
 pub mod request;
