@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::args::clip;
 use crate::run::{effective_context, run};
-use crate::service::RESERVED_PREFIX;
+use crate::service::{DESCRIBE, RESERVED_PREFIX};
 use crate::{BlockingPool, Request, RpcError, Service, ServiceInfo};
 
 /// A router from service names to services, with the pool their synchronous methods run on and
@@ -123,10 +123,16 @@ impl Registry {
     /// handler; a panicking handler yields [`RpcError::Panic`] and the registry keeps serving;
     /// cancelling the request's context ends the call with [`RpcError::Cancelled`].
     ///
+    /// The reserved request `_rpc describe` ([`RESERVED_PREFIX`], [`DESCRIBE`]) answers
+    /// [`Registry::describe`], so every transport in front of a registry can say what it serves.
+    ///
     /// # Errors
     /// [`RpcError::UnknownService`], and whatever [`Service::call`] or the handler returns.
     pub async fn dispatch(&self, request: Request) -> Result<Value, RpcError> {
         let Request { service, method, args, context, .. } = request;
+        if service == RESERVED_PREFIX && method == DESCRIBE {
+            return Ok(self.describe());
+        }
         let svc = self.services.get(service.as_str()).ok_or_else(|| RpcError::UnknownService {
             service: clip(&service),
             known: self.services.keys().map(|k| (*k).to_owned()).collect(),

@@ -16,8 +16,14 @@ use serde_json::{json, Map, Value};
 use crate::{Args, BlockingPool, Context, RpcError};
 
 /// Service names starting with this are the framework's own (health probes, descriptions)
-/// and are refused for user services.
+/// and are refused for user services. The framework's own requests use it as their service:
+/// `_rpc describe`, `_rpc health`.
 pub const RESERVED_PREFIX: &str = "_rpc";
+
+/// The method of the reserved request that answers a server's descriptions
+/// (`Registry::describe`): `_rpc describe` over TCP, routing key `_rpc.describe` over RabbitMQ,
+/// `GET /rpc` over HTTP.
+pub const DESCRIBE: &str = "describe";
 
 /// A service: a named set of methods callable by name with [`Args`].
 ///

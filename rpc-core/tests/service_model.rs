@@ -587,3 +587,11 @@ async fn errors_quote_a_huge_argument_by_a_prefix_and_its_length() {
         err.to_wire().to_string().len()
     );
 }
+
+#[tokio::test]
+async fn the_reserved_describe_request_answers_every_description() {
+    let t = MemoryTransport::new(registry());
+    let reply = t.call(Request::new("_rpc", "describe", kwargs! {})).await.unwrap();
+    let Reply::Value(all) = reply else { panic!("expected a value, got {reply:?}") };
+    assert_eq!(all, registry().describe(), "the reserved request answers Registry::describe");
+}
