@@ -1,5 +1,6 @@
 //! `Calculator`: the seed's `calculator calculate 2 + 2`.
 
+use rpc::core::error::quote;
 use rpc::core::HandlerError;
 use rpc::rpc_service;
 
@@ -27,7 +28,8 @@ impl Calculator {
             other => {
                 return Err(HandlerError::new(
                     "unknown_operator",
-                    format!("unknown operator {other:?} (expected one of + - * /)"),
+                    // Quoted bounded: an operator of 8 MB comes back as its start and its length.
+                    format!("unknown operator {} (expected one of + - * /)", quote(other)),
                 ))
             }
         };
