@@ -2,7 +2,7 @@
 //!
 //! A server runs every call it takes through a *stack*: a [`tower::Service`] from [`Request`] to
 //! the result's [`Value`], whose innermost service dispatches under the
-//! [run policy](crate::run) ([`RegistryService`]). Any tower [`Layer`](tower::Layer) whose
+//! [run policy](crate::run) ([`RegistryService`]). Any tower [`Layer`] whose
 //! service speaks that type wraps it: `MemoryTransport::new(registry).layer(TraceLayer::new())`,
 //! and the same on the TCP Consumer, the RabbitMQ `Rpc` and the HTTP front.
 //!
