@@ -574,7 +574,7 @@ impl Backend {
     fn probed(&self, result: Result<Health, ProbeError>, config: &ProducerConfig, instance: &str) {
         let health = match result {
             Ok(health) => health,
-            Err(e) => return self.failed(&format!("{}: {e}", self.addr), config),
+            Err(e) => return self.failed(&e.to_string(), config),
         };
         let Ok(mut status) = self.status.lock() else { return };
         let addr = self.addr;
