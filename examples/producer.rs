@@ -101,7 +101,11 @@ async fn main() -> ExitCode {
     };
     let served = producer.serve(listener, shutdown).await;
     for stats in producer.stats() {
-        let why = stats.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        // A consumer that is down says why; the other states say it themselves.
+        let why = match (stats.state, stats.reason) {
+            (rpc::tcp::ConsumerState::Down, Some(reason)) => format!(" ({reason})"),
+            _ => String::new(),
+        };
         eprintln!(
             "producer: consumer {}: {} tasks served, {} failures, {}{why}",
             stats.addr, stats.served, stats.failures, stats.state

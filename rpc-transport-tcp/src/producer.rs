@@ -537,6 +537,9 @@ impl Backend {
                 let wait = status.retry_at.saturating_duration_since(Instant::now());
                 format!("{}: down{reason}, next health probe in {}", self.addr, fmt_duration(round_ms(wait)))
             }
+            ConsumerState::Producer | ConsumerState::Itself if status.reason.is_some() => {
+                format!("{}: {}", self.addr, status.reason.as_deref().unwrap_or_default())
+            }
             state => format!("{}: {state}{reason}", self.addr),
         }
     }
@@ -601,20 +604,16 @@ impl Backend {
             Role::Producer => {
                 let itself = health.instance.as_deref() == Some(instance);
                 let (state, reason) = if itself {
-                    (
-                        ConsumerState::Itself,
-                        format!("{addr} is this producer itself; a producer never forwards to itself"),
-                    )
+                    (ConsumerState::Itself, "is this producer itself; a producer never forwards to itself")
                 } else {
                     (
                         ConsumerState::Producer,
-                        format!(
-                            "{addr} answered as a producer, not a consumer; a producer never forwards to a producer"
-                        ),
+                        "answered as a producer, not a consumer; a producer never forwards to a producer",
                     )
                 };
+                let reason = reason.to_owned();
                 if status.state != state {
-                    tracing::error!(consumer = %addr, "{reason}: no task goes to it (check the consumer addresses)");
+                    tracing::error!(consumer = %addr, "{addr} {reason}: no task goes to it (check the consumer addresses)");
                     self.set(&mut status, state, Some(reason));
                 }
                 status.retry_at = deadline_after(config.probe_interval.max(MIN_PROBE_INTERVAL));

@@ -304,13 +304,14 @@ async fn a_consumer_that_takes_tasks_and_never_answers_is_ejected_for_longer_aft
     // Tasks back to back for 3.5 s: every one is answered (by the good consumer, after a
     // failover when the stuck one was tried).
     let until = Instant::now() + Duration::from_millis(3500);
-    let mut answered = 0;
+    let mut answered = 0u64;
     while Instant::now() < until {
         assert_eq!(within(10, raw_text(gateway.addr, "calculator calculate 1 + 1\n")).await, "2\n");
         answered += 1;
     }
     let tried = stuck.task_times();
     let gaps: Vec<Duration> = tried.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("the stuck consumer was given {} of {answered} tasks; gaps between them: {gaps:?}", tried.len());
     // Down 100 ms, 200 ms, 400 ms, 800 ms, 1.6 s after each timeout (plus the 100 ms attempt):
     // 4 or 5 tasks in 3.5 s, each gap about twice the one before.
     assert!((3..=6).contains(&tried.len()), "the stuck consumer was tried {} times: gaps {gaps:?}", tried.len());
