@@ -40,9 +40,10 @@ use serde_json::{Map, Value};
 /// The broker when `$RABBITMQ_URL` is not set.
 pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// A client: makes one call to a server, over TCP (`--tcp 127.0.0.1:9000 calculator calculate 2
-/// + 2`, to the Producer or a Consumer) or RabbitMQ (`--amqp calculator.calculate a=2 op=+
-/// b=2`), and prints the result on stdout, or the error on stderr with exit code 1.
+/// A client: makes one call to a server, over TCP to the Producer or a Consumer
+/// (`--tcp 127.0.0.1:9000 calculator calculate 2 + 2`) or over RabbitMQ
+/// (`--amqp calculator.calculate a=2 op=+ b=2`), and prints the result on stdout, or the error
+/// on stderr with exit code 1.
 #[derive(Debug, Parser)]
 #[command(name = "client", group(ArgGroup::new("transport").required(true).args(["tcp", "amqp"])))]
 pub struct Cli {

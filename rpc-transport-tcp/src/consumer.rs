@@ -18,7 +18,7 @@ use crate::system;
 /// A TCP server for the services of a [`Registry`].
 ///
 /// Requests in the reserved `_rpc` namespace (`_rpc health`) it answers itself, without the
-/// registry: see [`system`](crate::system).
+/// registry: see [`system`].
 ///
 /// Synchronous handlers run on the registry's bounded [`rpc_core::BlockingPool`] (size it with
 /// [`Registry::with_blocking_pool`]), so a burst of heavy calls queues there while the accept

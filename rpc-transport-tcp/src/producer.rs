@@ -2,7 +2,7 @@
 //! protocol; it forwards each to one of its Consumers and relays the reply bytes verbatim.
 //!
 //! - **Health probes**: a peer is given tasks only once it has answered `_rpc health` (see
-//!   [`system`](crate::system)) as a Consumer of this protocol. [`Producer::serve`] probes
+//!   [`system`]) as a Consumer of this protocol. [`Producer::serve`] probes
 //!   every consumer at start and then every [`ProducerConfig::probe_interval`]; used only as a
 //!   [`Transport`], the producer probes a consumer before its first task. A peer that does not
 //!   answer, answers something that is not this protocol (an HTTP server), or answers as a
