@@ -278,8 +278,8 @@ impl Transport for Producer {
             .map_or(self.inner.config.task_timeout, |t| t.min(self.inner.config.task_timeout));
         let line = RequestLine::from_request(request)?;
         let target = line.target();
-        if system::is_reserved(&line.service) {
-            return frame::decode_reply(&self.inner.answer_system(&line), &target);
+        if let Some(reply) = self.inner.answer_system(&line) {
+            return frame::decode_reply(&reply, &target);
         }
         let forwarded = self.inner.forward(&line, timeout).await?;
         frame::decode_reply(&forwarded.bytes, &target)
@@ -288,9 +288,9 @@ impl Transport for Producer {
 
 impl Respond for Inner {
     async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
-        if system::is_reserved(&line.service) {
+        if let Some(reply) = self.answer_system(&line) {
             tracing::debug!(service = %line.service, method = %line.method, ?peer, "answered by the producer itself");
-            return self.answer_system(&line);
+            return reply;
         }
         let started = std::time::Instant::now();
         let result = self.forward(&line, self.config.task_timeout).await;
@@ -322,12 +322,21 @@ enum Usable {
 }
 
 impl Inner {
-    /// The reply to a request in the reserved `_rpc` namespace, never forwarded.
-    fn answer_system(&self, line: &RequestLine) -> Vec<u8> {
-        system::answer(line, || {
+    /// The reply to a request in the reserved `_rpc` namespace that is about this producer
+    /// (`_rpc health`, never forwarded); `None` for a task, or for `_rpc describe`, which is
+    /// forwarded like one (what a consumer serves, the producer serves).
+    fn answer_system(&self, line: &RequestLine) -> Option<Vec<u8>> {
+        if !system::is_reserved(&line.service) {
+            return None;
+        }
+        let route = system::route(line, || {
             let up = self.backends.iter().filter(|b| b.state().0 == ConsumerState::Up).count();
             system::producer_health(&self.instance, self.backends.len(), up)
-        })
+        });
+        match route {
+            system::Route::Answer(reply) => Some(reply),
+            system::Route::Serve => None,
+        }
     }
 
     /// Sends `line` to consumers until one answers it, within `timeout`.

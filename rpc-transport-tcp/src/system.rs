@@ -1,13 +1,15 @@
 //! The reserved namespace: requests a server answers about itself.
 //!
 //! Every service name starting with [`RESERVED_PREFIX`] (`_rpc`) belongs to the
-//! protocol. A Consumer answers such a request itself, without its [`rpc_core::Registry`]; the
-//! Producer answers it itself, without forwarding it. No user's service can take such a name
-//! (the registry and `#[rpc_service]` refuse it), so these requests never collide with a call.
+//! protocol. No user's service can take such a name (the registry and `#[rpc_service]` refuse
+//! it), so these requests never collide with a call. What is about the server itself it
+//! answers itself, without its [`rpc_core::Registry`] (a Consumer) and without forwarding (the
+//! Producer).
 //!
 //! | request | answer |
 //! |---|---|
-//! | `_rpc health` | one success line, a JSON object: `{"role":"consumer","protocol":1,"services":["calculator"]}` from a Consumer, `{"role":"producer","protocol":1,"instance":"…","consumers":2,"up":2}` from a Producer |
+//! | `_rpc health` | answered by the server itself: one success line, a JSON object: `{"role":"consumer","protocol":1,"services":["calculator"]}` from a Consumer, `{"role":"producer","protocol":1,"instance":"…","consumers":2,"up":2}` from a Producer |
+//! | `_rpc describe` | what is served: a Consumer's registry answers it (`Registry::describe`); the Producer forwards it to a consumer, like a task |
 //! | `_rpc <other>` | `ERROR unknown_method` listing the `_rpc` methods |
 //! | `_rpcfoo …` (any other reserved service) | `ERROR unknown_service` |
 //!
@@ -18,7 +20,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use rpc_core::service::RESERVED_PREFIX;
+pub use rpc_core::service::{DESCRIBE, RESERVED_PREFIX};
 use rpc_core::RpcError;
 use serde_json::{json, Map, Value};
 
@@ -33,7 +35,7 @@ pub const SERVICE: &str = "_rpc";
 pub const HEALTH: &str = "health";
 
 /// The methods of [`SERVICE`].
-pub const METHODS: &[&str] = &[HEALTH];
+pub const METHODS: &[&str] = &[DESCRIBE, HEALTH];
 
 /// The version of this protocol, as `_rpc health` reports it.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -169,26 +171,39 @@ pub async fn probe(addr: SocketAddr, connect_timeout: Duration, timeout: Duratio
     }
 }
 
-/// The reply to a request in the reserved namespace; `health` is what `_rpc health` answers.
-pub(crate) fn answer(line: &RequestLine, health: impl FnOnce() -> Value) -> Vec<u8> {
+/// Where a request in the reserved namespace goes.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// The server answers it itself, with these reply bytes.
+    Answer(Vec<u8>),
+    /// It is about what is served (`_rpc describe`): the server handles it as it handles a
+    /// call (a Consumer's registry answers it, the Producer forwards it).
+    Serve,
+}
+
+/// How a server handles `line`, a request in the reserved namespace ([`is_reserved`]);
+/// `health` is what it answers to `_rpc health`.
+pub(crate) fn route(line: &RequestLine, health: impl FnOnce() -> Value) -> Route {
     if line.service != SERVICE {
         let error = RpcError::UnknownService { service: line.service.clone(), known: vec![SERVICE.to_owned()] };
-        return frame::encode_error(&error);
+        return Route::Answer(frame::encode_error(&error));
     }
+    let no_arguments = |line: &RequestLine| RpcError::ArgumentCount {
+        target: line.target(),
+        expected: 0,
+        variadic: false,
+        got: line.args.len(),
+        params: vec![],
+    };
     match line.method.as_str() {
-        HEALTH if line.args.is_empty() => frame::encode_value(&health()),
-        HEALTH => frame::encode_error(&RpcError::ArgumentCount {
-            target: line.target(),
-            expected: 0,
-            variadic: false,
-            got: line.args.len(),
-            params: vec![],
-        }),
-        other => frame::encode_error(&RpcError::UnknownMethod {
+        HEALTH if line.args.is_empty() => Route::Answer(frame::encode_value(&health())),
+        DESCRIBE if line.args.is_empty() => Route::Serve,
+        HEALTH | DESCRIBE => Route::Answer(frame::encode_error(&no_arguments(line))),
+        other => Route::Answer(frame::encode_error(&RpcError::UnknownMethod {
             service: SERVICE.to_owned(),
             method: other.to_owned(),
             known: METHODS.iter().map(|m| (*m).to_owned()).collect(),
-        }),
+        })),
     }
 }
 
@@ -230,6 +245,13 @@ mod tests {
         RequestLine::parse(s.as_bytes()).unwrap()
     }
 
+    fn answer(line: &RequestLine, health: impl FnOnce() -> Value) -> Vec<u8> {
+        match route(line, health) {
+            Route::Answer(reply) => reply,
+            Route::Serve => panic!("{line:?} is not answered by the server itself"),
+        }
+    }
+
     #[test]
     fn a_consumer_health_answer_parses_as_a_consumer_of_this_protocol() {
         let reply = answer(&line("_rpc health"), || consumer_health(vec!["calculator".into()]));
@@ -247,10 +269,17 @@ mod tests {
     }
 
     #[test]
+    fn describe_is_served_like_a_call_and_only_without_arguments() {
+        assert!(matches!(route(&line("_rpc describe"), || unreachable!()), Route::Serve));
+        let reply = String::from_utf8(answer(&line("_rpc describe all"), || unreachable!())).unwrap();
+        assert!(reply.starts_with("ERROR argument_count: _rpc.describe: expected 0 arguments (), got 1\n"), "{reply}");
+    }
+
+    #[test]
     fn other_requests_in_the_namespace_are_answered_with_errors_listing_what_exists() {
-        let reply = String::from_utf8(answer(&line("_rpc describe"), || unreachable!())).unwrap();
+        let reply = String::from_utf8(answer(&line("_rpc status"), || unreachable!())).unwrap();
         assert!(
-            reply.starts_with("ERROR unknown_method: _rpc: unknown method 'describe' (known: health)\n"),
+            reply.starts_with("ERROR unknown_method: _rpc: unknown method 'status' (known: describe, health)\n"),
             "{reply}"
         );
         let reply = String::from_utf8(answer(&line("_rpcx health"), || unreachable!())).unwrap();

@@ -115,9 +115,15 @@ async fn a_consumer_answers_rpc_health_itself_as_a_consumer_of_protocol_1_listin
     let reply = raw_text(c.addr, "_rpc health\n").await;
     assert_eq!(health_json(&reply), json!({"role": "consumer", "protocol": 1, "services": ["calculator", "lab"]}));
 
-    // The rest of the namespace is answered too, never by the registry.
-    let reply = raw_text(c.addr, "_rpc describe\n").await;
-    assert!(reply.starts_with("ERROR unknown_method: _rpc: unknown method 'describe' (known: health)\n"), "{reply:?}");
+    // What is served, its registry answers; the rest of the namespace the consumer answers.
+    let described = raw_text(c.addr, "_rpc describe\n").await;
+    let described: Value = serde_json::from_str(described.trim_end()).unwrap_or_else(|e| panic!("{described:?}: {e}"));
+    assert_eq!(described, registry().0.describe(), "`_rpc describe` is the registry's description");
+    let reply = raw_text(c.addr, "_rpc status\n").await;
+    assert!(
+        reply.starts_with("ERROR unknown_method: _rpc: unknown method 'status' (known: describe, health)\n"),
+        "{reply:?}"
+    );
     let reply = raw_text(c.addr, "_rpc_admin reset\n").await;
     assert!(reply.starts_with("ERROR unknown_service: unknown service '_rpc_admin' (known: _rpc)\n"), "{reply:?}");
 
@@ -127,7 +133,7 @@ async fn a_consumer_answers_rpc_health_itself_as_a_consumer_of_protocol_1_listin
 }
 
 #[tokio::test]
-async fn the_producer_answers_rpc_health_itself_as_a_producer_and_never_forwards_it() {
+async fn the_producer_answers_rpc_health_itself_as_a_producer_and_never_forwards_it_but_forwards_describe() {
     let (r, _) = registry();
     let c = consumer(r, ConsumerConfig::default()).await;
     let p = Producer::new(vec![c.addr], ProducerConfig::default());
@@ -141,12 +147,16 @@ async fn the_producer_answers_rpc_health_itself_as_a_producer_and_never_forwards
         (Some(1), Some(1), Some(1))
     );
     assert!(health["instance"].as_str().is_some_and(|i| !i.is_empty()), "{health}");
-    let reply = raw_text(gateway.addr, "_rpc describe\n").await;
-    assert!(reply.starts_with("ERROR unknown_method: _rpc: unknown method 'describe'"), "{reply:?}");
+    let reply = raw_text(gateway.addr, "_rpc status\n").await;
+    assert!(reply.starts_with("ERROR unknown_method: _rpc: unknown method 'status'"), "{reply:?}");
     // In process too, as a Transport.
     let reply = p.call(Request::new("_rpc", "health", Args::Text(vec![]))).await.unwrap().into_text();
     assert_eq!(health_json(&format!("{reply}\n"))["role"], "producer");
     assert_eq!(p.stats()[0].served, 0, "a `_rpc` request reached the consumer: {:?}", p.stats());
+    // What it serves is what its consumers serve: `_rpc describe` is forwarded, like a task.
+    let direct = raw_text(c.addr, "_rpc describe\n").await;
+    assert_eq!(raw_text(gateway.addr, "_rpc describe\n").await, direct);
+    assert_eq!(p.stats()[0].served, 1, "{:?}", p.stats());
 
     // With no consumer at all, it still answers for itself.
     let alone = producer(Producer::new(vec![], ProducerConfig::default())).await;
