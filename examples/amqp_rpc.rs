@@ -8,6 +8,8 @@
 //! ```
 //! The broker is `$RABBITMQ_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
+mod cli;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -15,6 +17,24 @@ use rpc::amqp::{CallOptions, Connection, ConnectionProperties, Rpc};
 use rpc::core::HandlerError;
 use rpc::{kwargs, RpcError};
 use serde::Deserialize;
+
+/// RPC over RabbitMQ, aio-pika's `RPC` pattern in Rust: registers `foo` and `sleep` on the broker at $RABBITMQ_URL,
+/// calls `sleep(t)`, then shows a call that times out and a remote error, and exits.
+#[derive(Debug, clap::Parser)]
+#[command(name = "amqp_rpc")]
+struct Cli {
+    /// Seconds `sleep` naps (`0.2` too).
+    #[arg(default_value_t = 3.0, value_parser = nap)]
+    t: f64,
+}
+
+/// A nap in seconds: a finite number, 0 or more.
+fn nap(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("{s:?} is not a number of seconds (0 or more)")),
+    }
+}
 
 #[derive(Deserialize)]
 struct Foo {
@@ -42,13 +62,8 @@ async fn sleep(args: Sleep) -> Result<f64, Infallible> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
-    let t: f64 = match std::env::args().nth(1) {
-        Some(arg) => arg.parse().map_err(|e| format!("t must be a number of seconds, got {arg:?}: {e}"))?,
-        None => 3.0,
-    };
+    cli::init_logging(cli::DEFAULT_LOG_FILTER);
+    let t = <Cli as clap::Parser>::parse().t;
     let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     for line in run(&url, t).await? {
         println!("{line}");

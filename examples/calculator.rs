@@ -19,9 +19,16 @@
 //! answers (`unavailable`, at once) where a Consumer answers `unknown_method`. Without a
 //! broker the example says so and exits 1.
 //!
+//! `--clients N` makes the crowd N clients sending their tasks one after another (by default
+//! every task has a client of its own, all at once), for long runs: `--tasks 1000000
+//! --clients 8`. On Ctrl-C or SIGTERM the crowd sends no new task, the tasks in flight get
+//! their answers, the servers stop gracefully, and the summary says how many tasks were sent;
+//! the exit code is 0 when every answer was the expected one.
+//!
 //! Quiet by default; `RUST_LOG=debug` shows every request on every hop (service, method,
 //! consumer, duration, outcome).
 
+mod cli;
 // `pub` so the end-to-end test, which includes this file, reaches the same services.
 pub mod services;
 
@@ -48,21 +55,27 @@ pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long connecting to the broker may take before the demo gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs two consumers (or server workers), a producer (or a client) and a crowd of clients in
-/// one process.
+/// The whole system in one process: two Consumers serving Calculator and NeuralNet, a
+/// Producer in front of them, and a crowd of clients sending a mix of tasks through it over
+/// real TCP (or RabbitMQ with --transport amqp); prints every task and a summary, exit code 0
+/// when every answer was the expected one.
 #[derive(Debug, Parser)]
-#[command(about)]
+#[command(name = "calculator")]
 pub struct Cli {
     /// How the crowd reaches the services: TCP through a Producer, or RabbitMQ
     /// (`$RABBITMQ_URL`).
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
     pub transport: TransportKind,
-    /// How many tasks the crowd sends (all at once).
-    #[arg(long, default_value_t = 40)]
+    /// How many tasks the crowd sends.
+    #[arg(long, default_value_t = 40, value_parser = cli::count)]
     pub tasks: usize,
     /// How many consumers (TCP) or server workers (AMQP) to start.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = cli::count)]
     pub consumers: usize,
+    /// How many clients send at once, each task after the other (default: a client per task,
+    /// all at once).
+    #[arg(long, value_parser = cli::count)]
+    pub clients: Option<usize>,
 }
 
 /// The transports the demo can run on.
@@ -151,8 +164,12 @@ pub struct WorkerStats {
 pub struct Summary {
     /// The transport the crowd used.
     pub transport: TransportKind,
-    /// Tasks sent.
+    /// Tasks the run was asked for.
     pub tasks: usize,
+    /// Tasks sent: all of them, unless the run was interrupted.
+    pub sent: usize,
+    /// The signal that stopped the crowd early (`SIGTERM`, `Ctrl-C`), if one did.
+    pub interrupted: Option<&'static str>,
     /// Tasks answered with a result.
     pub results: usize,
     /// Tasks answered with an error.
@@ -176,12 +193,15 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut out = format!(
             "summary: {} tasks, {} results, {} errors, {} unexpected, wall time {:.1} ms\n",
-            self.tasks,
+            self.sent,
             self.results,
             self.errors,
             self.unexpected.len(),
             self.wall.as_secs_f64() * 1000.0
         );
+        if let Some(signal) = self.interrupted {
+            out += &format!("  stopped by {signal}: {} of {} tasks sent, every one answered\n", self.sent, self.tasks);
+        }
         for c in &self.consumers {
             out += &format!("  {}: {} tasks served", c.name, c.served);
             if let Some(failures) = c.failures {
@@ -200,11 +220,11 @@ impl Summary {
                 );
             }
             let accounted = self.served() + (self.unrouted + self.refused) as u64;
-            if accounted != self.tasks as u64 {
+            if accounted != self.sent as u64 {
                 out += &format!(
                     "  {} tasks accounted for, {} sent: another server consumes these queues, or \
                      requests from an earlier run were still waiting in them\n",
-                    accounted, self.tasks
+                    accounted, self.sent
                 );
             }
         }
@@ -222,6 +242,8 @@ impl Summary {
 
 /// What the crowd saw.
 struct Tally {
+    sent: usize,
+    interrupted: Option<&'static str>,
     results: usize,
     errors: usize,
     unexpected: Vec<String>,
@@ -229,31 +251,78 @@ struct Tally {
     wall: Duration,
 }
 
-/// Sends `tasks` tasks from the repertoire at once, each through `call` (a line in, its
-/// result as text out), and prints each as it completes.
-async fn crowd<F, Fut>(
+/// How a crowd runs: how many tasks, how many at once, and what stops it early.
+pub struct Crowd<S> {
+    /// Tasks to send.
+    pub tasks: usize,
+    /// Tasks in flight at once (`None`: all of them).
+    pub clients: Option<usize>,
+    /// Resolves to a signal's name when the crowd should send no new task.
+    pub stop: S,
+}
+
+impl Crowd<std::future::Pending<&'static str>> {
+    /// `tasks` tasks, all at once, never stopped early.
+    pub fn all_at_once(tasks: usize) -> Self {
+        Crowd { tasks, clients: None, stop: std::future::pending() }
+    }
+}
+
+/// Sends the crowd's tasks from the repertoire, at most `clients` at once, each through
+/// `call` (a line in, its result as text out), and prints each as it completes. Once `stop`
+/// resolves no new task is sent; those in flight are awaited.
+async fn crowd<F, Fut, S>(
     transport: TransportKind,
-    tasks: usize,
+    plan: Crowd<S>,
     call: F,
     print: &mut impl FnMut(String),
 ) -> Result<Tally, tokio::task::JoinError>
 where
     F: Fn(&'static str) -> Fut,
     Fut: Future<Output = Result<String, RpcError>> + Send + 'static,
+    S: Future<Output = &'static str>,
 {
     let started = Instant::now();
+    let limit = plan.clients.unwrap_or(plan.tasks).max(1);
+    let stop = plan.stop;
+    tokio::pin!(stop);
     let mut crowd = JoinSet::new();
-    for i in 0..tasks {
-        let (line, expect) = REPERTOIRE[i % REPERTOIRE.len()].clone();
-        let reply = call(line);
-        crowd.spawn(async move {
-            let t = Instant::now();
-            let reply = reply.await;
-            (i, line, expect, reply, t.elapsed())
-        });
-    }
-    let mut tally = Tally { results: 0, errors: 0, unexpected: Vec::new(), unrouted: 0, wall: Duration::ZERO };
-    while let Some(joined) = crowd.join_next().await {
+    let mut tally = Tally {
+        sent: 0,
+        interrupted: None,
+        results: 0,
+        errors: 0,
+        unexpected: Vec::new(),
+        unrouted: 0,
+        wall: Duration::ZERO,
+    };
+    loop {
+        let can_send = tally.interrupted.is_none() && tally.sent < plan.tasks && crowd.len() < limit;
+        if !can_send && crowd.is_empty() {
+            break;
+        }
+        let joined = tokio::select! {
+            biased;
+            signal = &mut stop, if tally.interrupted.is_none() => {
+                eprintln!("calculator: {signal}: sending no new task; waiting for the {} in flight", crowd.len());
+                tally.interrupted = Some(signal);
+                continue;
+            }
+            joined = crowd.join_next(), if !crowd.is_empty() => joined,
+            () = std::future::ready(()), if can_send => {
+                let i = tally.sent;
+                let (line, expect) = REPERTOIRE[i % REPERTOIRE.len()].clone();
+                let reply = call(line);
+                crowd.spawn(async move {
+                    let t = Instant::now();
+                    let reply = reply.await;
+                    (i, line, expect, reply, t.elapsed())
+                });
+                tally.sent += 1;
+                continue;
+            }
+        };
+        let Some(joined) = joined else { continue };
         let (i, line, expect, reply, took) = joined?;
         let shown = match &reply {
             Ok(text) => text.clone(),
@@ -286,7 +355,17 @@ fn split_line(line: &str) -> (String, String, Vec<String>) {
 /// Starts `consumers` consumers and a producer on loopback, runs `tasks` tasks through the
 /// producer concurrently, shuts everything down, and returns the summary. Each finished
 /// task's line goes to `print`.
-pub async fn demo(consumers: usize, tasks: usize, mut print: impl FnMut(String)) -> std::io::Result<Summary> {
+pub async fn demo(consumers: usize, tasks: usize, print: impl FnMut(String)) -> std::io::Result<Summary> {
+    demo_with(consumers, Crowd::all_at_once(tasks), print).await
+}
+
+/// [`demo`] with the crowd `plan` describes.
+pub async fn demo_with<S: Future<Output = &'static str>>(
+    consumers: usize,
+    plan: Crowd<S>,
+    mut print: impl FnMut(String),
+) -> std::io::Result<Summary> {
+    let tasks = plan.tasks;
     let mut stops = Vec::new();
     let mut servers = JoinSet::new();
     let mut addrs = Vec::new();
@@ -312,7 +391,7 @@ pub async fn demo(consumers: usize, tasks: usize, mut print: impl FnMut(String))
         let (service, method, tokens) = split_line(line);
         client.call(Request::new(service, method, Args::Text(tokens))).await.map(Reply::into_text)
     };
-    let tally = crowd(TransportKind::Tcp, tasks, call, &mut print).await.map_err(std::io::Error::other)?;
+    let tally = crowd(TransportKind::Tcp, plan, call, &mut print).await.map_err(std::io::Error::other)?;
     let consumers = producer
         .stats()
         .iter()
@@ -333,6 +412,8 @@ pub async fn demo(consumers: usize, tasks: usize, mut print: impl FnMut(String))
     Ok(Summary {
         transport: TransportKind::Tcp,
         tasks,
+        sent: tally.sent,
+        interrupted: tally.interrupted,
         results: tally.results,
         errors: tally.errors,
         unexpected: tally.unexpected,
@@ -414,8 +495,22 @@ pub async fn demo_amqp(
     url: &str,
     workers: usize,
     tasks: usize,
+    print: impl FnMut(String),
+) -> Result<Summary, DemoError> {
+    demo_amqp_with(url, workers, Crowd::all_at_once(tasks), print).await
+}
+
+/// [`demo_amqp`] with the crowd `plan` describes.
+///
+/// # Errors
+/// As [`demo_amqp`].
+pub async fn demo_amqp_with<S: Future<Output = &'static str>>(
+    url: &str,
+    workers: usize,
+    plan: Crowd<S>,
     mut print: impl FnMut(String),
 ) -> Result<Summary, DemoError> {
+    let tasks = plan.tasks;
     let neural_net = services::NeuralNet::shared();
     let catalogue = [services::Calculator.info(), neural_net.info()];
     let mut started: Vec<Rpc> = Vec::new();
@@ -441,7 +536,7 @@ pub async fn demo_amqp(
             }
             async move { Transport::call(&client, request?).await.map(Reply::into_text) }
         };
-        let tally = crowd(TransportKind::Amqp, tasks, call, &mut print).await?;
+        let tally = crowd(TransportKind::Amqp, plan, call, &mut print).await?;
         let refused = usize::try_from(refused.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
         Ok::<_, DemoError>((tally, counters, refused))
     }
@@ -460,6 +555,8 @@ pub async fn demo_amqp(
     Ok(Summary {
         transport: TransportKind::Amqp,
         tasks,
+        sent: tally.sent,
+        interrupted: tally.interrupted,
         results: tally.results,
         errors: tally.errors,
         unexpected: tally.unexpected,
@@ -490,36 +587,54 @@ fn finish(summary: Result<Summary, String>) -> ExitCode {
 
 /// The AMQP half of [`run`], on the broker at `url`.
 pub async fn run_amqp(url: &str, workers: usize, tasks: usize) -> ExitCode {
+    run_amqp_with(url, workers, Crowd::all_at_once(tasks)).await
+}
+
+async fn run_amqp_with<S: Future<Output = &'static str>>(url: &str, workers: usize, plan: Crowd<S>) -> ExitCode {
     println!(
-        "starting {workers} server workers on RabbitMQ at {}, then {tasks} tasks from a crowd of clients \
+        "starting {workers} server workers on RabbitMQ at {}, then {} tasks from a crowd of clients \
          sharing one client connection",
-        rpc::amqp::wire::redact_url(url)
+        rpc::amqp::wire::redact_url(url),
+        plan.tasks
     );
-    let summary = demo_amqp(url, workers, tasks, |line| println!("{line}")).await;
+    let summary = demo_amqp_with(url, workers, plan, |line| println!("{line}")).await;
     finish(summary.map_err(|e| e.to_string()))
 }
 
 /// The example's `main` without the process around it: runs `cli`, prints to stdout, and
 /// returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    run_until(cli, std::future::pending()).await
+}
+
+/// [`run`], sending no new task once `stop` resolves (to the name of the signal that stopped
+/// it).
+pub async fn run_until(cli: Cli, stop: impl Future<Output = &'static str>) -> ExitCode {
+    let plan = Crowd { tasks: cli.tasks, clients: cli.clients, stop };
     if cli.transport == TransportKind::Amqp {
         let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| DEFAULT_RABBITMQ_URL.into());
-        return run_amqp(&url, cli.consumers, cli.tasks).await;
+        return run_amqp_with(&url, cli.consumers, plan).await;
     }
     println!(
         "starting {} consumers and a producer on 127.0.0.1, then {} tasks from a crowd of clients",
         cli.consumers, cli.tasks
     );
-    let summary = demo(cli.consumers, cli.tasks, |line| println!("{line}")).await;
+    let summary = demo_with(cli.consumers, plan, |line| println!("{line}")).await;
     finish(summary.map_err(|e| e.to_string()))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // lapin warns of every message the broker returns; the transport turns those into
-    // `unavailable` replies, which the crowd provokes on purpose.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin::returned_messages=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    run(Cli::parse()).await
+    // lapin's own log lines are off: among them a warning for every message the broker
+    // returns, which the crowd provokes on purpose (the transport turns them into
+    // `unavailable` replies).
+    cli::init_logging(cli::DEFAULT_LOG_FILTER);
+    let cli = Cli::parse();
+    match cli::Signals::install() {
+        Ok(signals) => run_until(cli, signals.recv()).await,
+        Err(e) => {
+            eprintln!("calculator: cannot handle SIGINT and SIGTERM: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

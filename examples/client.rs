@@ -2,7 +2,8 @@
 //! task and prints its result on stdout, or its error on stderr with exit code 1.
 //!
 //! Point `--tcp` at the producer or straight at a consumer: they speak the same protocol.
-//! Quote `*` in a shell (`'*'`), or it expands to file names.
+//! `--tcp` takes a host name too (`localhost:9000`). Quote `*` in a shell (`'*'`), or it
+//! expands to file names.
 //!
 //! `cargo run --example client -- --amqp calculator.calculate a=2 op=+ b=2` calls any method
 //! over RabbitMQ (`$RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`) by its
@@ -10,42 +11,53 @@
 //! handler was registered under (`foo`, aio-pika's `rpc.register("foo", ...)`). Arguments are
 //! `name=value`: a value that parses as JSON is sent as JSON (`2`, `-0.5`, `true`, `null`,
 //! `[1,0]`, `{"x":1}`, `'"42"'` for the string `42`), anything else as a string (`+`, `two`).
-//! `--json` sends the call as JSON instead of MessagePack, which a handler registered with
+//! For the example services (`calculator.*`, `neural_net.*`) the client knows the parameters,
+//! so positional arguments work too (`calculator.calculate 2 + 2`); for any other method it
+//! says how to name them. `--json` sends the call as JSON instead of MessagePack, which a handler registered with
 //! aio-pika's `JsonRPC` needs. `--timeout` takes seconds (`0.5` too). Options go before the
 //! method.
+//!
+//! When an AMQP call times out, the client asks the broker about the method's queue and says
+//! which it was: the queue exists but no server consumes it (no server is running), or a
+//! server took the request and did not answer in time.
 //!
 //! Exit codes: 0 with the result on stdout; 1 with `ERROR <kind>: <message>` on stderr when
 //! the call failed (the broker is unreachable, nobody serves the method, the handler failed,
 //! the deadline passed); 2 when the command line is wrong.
 
-use std::net::SocketAddr;
+mod cli;
+mod services;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use rpc::amqp::{CallOptions, Codec, Rpc};
-use rpc::core::{text, Args, Request, RpcError, Transport};
+use rpc::core::{text, Args, Request, RpcError, Service, Transport};
 use rpc::tcp::TcpTransport;
 use serde_json::{Map, Value};
 
 /// The broker when `$RABBITMQ_URL` is not set.
 pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Calls one method on a server and prints the result.
+/// A client: makes one call to a server, over TCP to the Producer or a Consumer
+/// (`--tcp 127.0.0.1:9000 calculator calculate 2 + 2`) or over RabbitMQ
+/// (`--amqp calculator.calculate a=2 op=+ b=2`), and prints the result on stdout, or the error
+/// on stderr with exit code 1.
 #[derive(Debug, Parser)]
-#[command(about, group(ArgGroup::new("transport").required(true).args(["tcp", "amqp"])))]
+#[command(name = "client", group(ArgGroup::new("transport").required(true).args(["tcp", "amqp"])))]
 pub struct Cli {
-    /// The server (producer or consumer) to call over TCP.
+    /// The server (producer or consumer) to call over TCP: host:port, a host name too.
     #[arg(long)]
-    pub tcp: Option<SocketAddr>,
+    pub tcp: Option<String>,
     /// Call over RabbitMQ (`$RABBITMQ_URL`) instead.
     #[arg(long)]
     pub amqp: bool,
     /// Send the call as JSON rather than MessagePack (AMQP), e.g. to aio-pika's `JsonRPC`.
     #[arg(long, conflicts_with = "tcp")]
     pub json: bool,
-    /// Seconds to wait for the answer.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    /// Seconds to wait for the answer (`0.5` too; at least 0.001).
+    #[arg(long, default_value = "30", value_parser = cli::seconds)]
     pub timeout: Duration,
     /// The call. TCP: `service method [args...]`. AMQP: `method [name=value...]`.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
@@ -59,15 +71,6 @@ pub enum Failure {
     Usage(String),
     /// The call failed (exit code 1).
     Call(RpcError),
-}
-
-/// `"2.5"` as 2.5 seconds.
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let seconds: f64 = s.parse().map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
 /// `name=value` pairs as named arguments, in order: a value that parses as JSON is that JSON
@@ -93,6 +96,49 @@ pub fn parse_kwargs<S: AsRef<str>>(pairs: &[S]) -> Result<Args, String> {
         map.insert(name.to_owned(), value);
     }
     Ok(Args::Named(map))
+}
+
+/// The parameters of `method` (`service.method`) when it is one of the example services'.
+fn known_method(method: &str) -> Option<&'static rpc::core::MethodInfo> {
+    let (service, name) = method.split_once('.')?;
+    let info = match service {
+        "calculator" => services::Calculator.info(),
+        // Building the network trains it (a fraction of a second); only this path needs it.
+        "neural_net" => services::NeuralNet::shared().info(),
+        _ => return None,
+    };
+    info.method(name)
+}
+
+/// The arguments of an AMQP call: `name=value` pairs ([`parse_kwargs`]), or, for a method
+/// whose parameters the client knows, positional tokens named from them
+/// (`calculator.calculate 2 + 2` is `a=2 op=+ b=2`).
+///
+/// # Errors
+/// A message showing the `name=value` form, when tokens lack names the client cannot supply.
+pub fn amqp_args(method: &str, tokens: &[String]) -> Result<Args, String> {
+    let positional = tokens.iter().any(|t| !t.contains('='));
+    if !positional {
+        return parse_kwargs(tokens);
+    }
+    let all_positional = tokens.iter().all(|t| !t.contains('='));
+    match known_method(method) {
+        Some(info) if all_positional => info.args_from_text(tokens.to_vec()).map_err(|e| e.to_string()),
+        Some(info) => {
+            let example: Vec<String> = info.params.iter().map(|p| format!("{}=...", p.name)).collect();
+            Err(format!(
+                "give every argument by position or every one as name=value, not both: {method} {}",
+                example.join(" ")
+            ))
+        }
+        None => {
+            let first = tokens.iter().find(|t| !t.contains('=')).map_or("", String::as_str);
+            Err(format!(
+                "over AMQP each argument is name=value ({first:?} is not), and the client does not know the \
+                 parameters of '{method}': write e.g. `{method} x=1 y=two` with the method's own parameter names"
+            ))
+        }
+    }
 }
 
 /// Calls `method` with `args` on the broker at `url`, as JSON when `json`, waiting at most
@@ -126,10 +172,11 @@ pub async fn call_amqp(url: &str, method: &str, args: Args, json: bool, timeout:
 pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
     let value = if cli.amqp {
         let (method, pairs) = cli.call.split_first().ok_or_else(|| Failure::Usage("no method given".into()))?;
-        let args = parse_kwargs(pairs).map_err(Failure::Usage)?;
+        let args = amqp_args(method, pairs).map_err(Failure::Usage)?;
         call_amqp(url, method, args, cli.json, cli.timeout).await.map_err(Failure::Call)?
     } else {
-        let Some(addr) = cli.tcp else { return Err(Failure::Usage("give --tcp ADDR or --amqp".into())) };
+        let Some(target) = &cli.tcp else { return Err(Failure::Usage("give --tcp ADDR or --amqp".into())) };
+        let addr = cli::server("--tcp", target).await.map_err(Failure::Usage)?;
         let [service, method, args @ ..] = &cli.call[..] else {
             return Err(Failure::Usage("over TCP the call is `service method [args...]`".into()));
         };
@@ -139,13 +186,45 @@ pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
     Ok(text::render(&value))
 }
 
+/// Why an AMQP call to `method` timed out, from the broker's own count of the consumers on
+/// the method's queue: no server is running, or a server took the request and did not answer
+/// in time. `None` when the broker cannot tell (unreachable, or it refuses to say).
+pub async fn explain_timeout(url: &str, method: &str, timeout: Duration) -> Option<String> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+
+    let ask = async {
+        let conn = rpc::amqp::Connection::connect(url, rpc::amqp::ConnectionProperties::default()).await.ok()?;
+        let channel = conn.create_channel().await.ok()?;
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = channel.queue_declare(method.into(), passive, FieldTable::default()).await;
+        let _ = conn.close(200, "OK".into()).await;
+        Some(match declared {
+            Ok(queue) if queue.consumer_count() == 0 => format!(
+                "the queue '{method}' exists but has 0 consumers: no server is running \
+                 (requests waiting in it: {})",
+                queue.message_count()
+            ),
+            Ok(queue) => format!(
+                "the queue '{method}' has {} consumer(s): a server took the request but did not answer within {}",
+                queue.consumer_count(),
+                fmt_seconds(timeout)
+            ),
+            // NOT_FOUND: the queue went away after the request was routed to it.
+            Err(_) => format!("the queue '{method}' no longer exists: its server went away with it"),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), ask).await.ok().flatten()
+}
+
+/// `0.5 s`, `30 s`.
+fn fmt_seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    // lapin warns of every message the broker returns; the transport turns those into an
-    // `unavailable` error, which is printed anyway.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin::returned_messages=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    cli::init_logging(cli::DEFAULT_LOG_FILTER);
     let cli = Cli::parse();
     let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| DEFAULT_RABBITMQ_URL.into());
 
@@ -156,6 +235,11 @@ async fn main() -> ExitCode {
         }
         Err(Failure::Call(e)) => {
             eprintln!("ERROR {}: {e}", e.kind());
+            if let (true, RpcError::DeadlineExceeded { .. }, Some(method)) = (cli.amqp, &e, cli.call.first()) {
+                if let Some(why) = explain_timeout(&url, method, cli.timeout).await {
+                    eprintln!("client: {why}");
+                }
+            }
             ExitCode::FAILURE
         }
         Err(Failure::Usage(message)) => {

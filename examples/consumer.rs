@@ -1,20 +1,23 @@
 //! `cargo run --example consumer -- --listen 127.0.0.1:9001`: one Consumer serving
-//! `Calculator` and `NeuralNet` until Ctrl-C, then a graceful shutdown (requests already read
-//! are finished).
+//! `Calculator` and `NeuralNet` until Ctrl-C or SIGTERM, then a graceful shutdown (it stops
+//! accepting, finishes and answers the requests already read, and exits 0). `--listen` takes
+//! a host name too (`localhost:9001`); port 0 picks a free port, and the address actually
+//! bound is printed.
 //!
 //! `cargo run --example consumer -- --amqp`: the same services over RabbitMQ
 //! (`$RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`), one queue per method
 //! (`calculator.calculate`, `neural_net.predict`, `neural_net.architecture`). `--prefetch N`
 //! bounds the requests taken from each queue at once (default 32). Start several: they share
-//! the queues' requests. On Ctrl-C it stops consuming, answers the requests it already took,
-//! then exits. The connection is re-established by itself if the broker goes away.
+//! the queues' requests. On Ctrl-C or SIGTERM it stops consuming, answers the requests it
+//! already took, then exits 0. The connection is re-established by itself if the broker goes
+//! away.
 //!
 //! Try it: `printf 'calculator calculate 2 + 2\n' | nc -q 2 127.0.0.1 9001` prints `4`; with
 //! `--amqp`, `cargo run --example client -- --amqp calculator.calculate a=2 op=+ b=2` does.
 
+mod cli;
 mod services;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,34 +35,36 @@ pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long connecting to the broker may take before the consumer gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves Calculator and NeuralNet over the seed's text protocol, or over RabbitMQ.
+/// A Consumer: serves the Calculator and NeuralNet services over a plain-text TCP protocol
+/// (`calculator calculate 2 + 2` answers `4`), or over RabbitMQ with `--amqp`, until Ctrl-C or
+/// SIGTERM; then it finishes the requests in flight and exits 0.
 #[derive(Debug, Parser)]
-#[command(about)]
+#[command(name = "consumer")]
 pub struct Cli {
     /// Serve over RabbitMQ (`$RABBITMQ_URL`) instead of TCP.
     #[arg(long)]
     pub amqp: bool,
-    /// Address to listen on (TCP).
+    /// Address to listen on (TCP): host:port, a host name too; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:9001", conflicts_with = "amqp")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// Synchronous calls run at once (default: one per CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = cli::count)]
     pub pool: Option<usize>,
     /// Requests taken from each method queue at once (AMQP `basic.qos` prefetch).
     #[arg(long, default_value_t = DEFAULT_PREFETCH, requires = "amqp", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// Connections served at once; more are answered `ERROR overloaded` (TCP).
-    #[arg(long, default_value_t = 1024, conflicts_with = "amqp")]
+    #[arg(long, default_value_t = 1024, conflicts_with = "amqp", value_parser = cli::count)]
     pub max_connections: usize,
     /// Longest request line, in bytes (TCP).
-    #[arg(long, default_value_t = 64 * 1024, conflicts_with = "amqp")]
+    #[arg(long, default_value_t = 64 * 1024, conflicts_with = "amqp", value_parser = cli::count)]
     pub max_line: usize,
-    /// Seconds a client has to send its request (TCP).
-    #[arg(long, default_value_t = 10, conflicts_with = "amqp")]
-    pub read_timeout: u64,
+    /// Seconds a client has to send its request (TCP; `0.5` too).
+    #[arg(long, default_value = "10", conflicts_with = "amqp", value_parser = cli::seconds)]
+    pub read_timeout: Duration,
     /// Seconds a call may run (over AMQP: a call whose caller set no deadline of its own).
-    #[arg(long, default_value_t = 30)]
-    pub request_timeout: u64,
+    #[arg(long, default_value = "30", value_parser = cli::seconds)]
+    pub request_timeout: Duration,
 }
 
 impl Cli {
@@ -78,7 +83,7 @@ pub async fn serve_amqp(url: &str, cli: &Cli) -> Result<Rpc, Box<dyn std::error:
     let builder = Rpc::builder()
         .prefetch(cli.prefetch)
         .blocking_pool(cli.blocking_pool())
-        .timeout(Duration::from_secs(cli.request_timeout))
+        .timeout(cli.request_timeout)
         .connection_name("consumer example");
     let rpc = match tokio::time::timeout(CONNECT_TIMEOUT, builder.connect(url)).await {
         Ok(connected) => connected?,
@@ -98,7 +103,7 @@ pub async fn serve_amqp(url: &str, cli: &Cli) -> Result<Rpc, Box<dyn std::error:
     Ok(rpc)
 }
 
-async fn run_amqp(cli: Cli) -> ExitCode {
+async fn run_amqp(cli: Cli, signals: cli::Signals) -> ExitCode {
     let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| DEFAULT_RABBITMQ_URL.into());
     let rpc = match serve_amqp(&url, &cli).await {
         Ok(rpc) => rpc,
@@ -108,14 +113,14 @@ async fn run_amqp(cli: Cli) -> ExitCode {
         }
     };
     eprintln!(
-        "consumer: serving {} on RabbitMQ at {} (prefetch {}, blocking pool: {}); Ctrl-C to stop",
+        "consumer: serving {} on RabbitMQ at {} (prefetch {}, blocking pool: {}); Ctrl-C or SIGTERM to stop",
         rpc.registered().join(", "),
         rpc::amqp::wire::redact_url(&url),
         cli.prefetch,
         rpc.config().blocking_pool.size()
     );
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("consumer: stopping; finishing requests in flight");
+    let signal = signals.recv().await;
+    eprintln!("consumer: {signal}: stopping; finishing requests in flight");
     match rpc.close().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -125,32 +130,31 @@ async fn run_amqp(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run_tcp(cli: Cli) -> ExitCode {
-    let listener = match TcpListener::bind(cli.listen).await {
+async fn run_tcp(cli: Cli, signals: cli::Signals) -> ExitCode {
+    let listener: TcpListener = match cli::bind("--listen", &cli.listen).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("consumer: cannot listen on {}: {e}", cli.listen);
+            eprintln!("consumer: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let local = listener.local_addr().map_or_else(|_| cli.listen.clone(), |a| a.to_string());
     let limits = Limits::default()
         .with_max_connections(cli.max_connections)
         .with_max_line(cli.max_line)
-        .with_read_timeout(Duration::from_secs(cli.read_timeout));
-    let config =
-        ConsumerConfig::default().with_limits(limits).with_request_timeout(Duration::from_secs(cli.request_timeout));
+        .with_read_timeout(cli.read_timeout);
+    let config = ConsumerConfig::default().with_limits(limits).with_request_timeout(cli.request_timeout);
     let registry = services::registry(cli.pool);
     let services: Vec<&str> = registry.services().map(|s| s.name).collect();
     eprintln!(
-        "consumer: serving {} on {} (blocking pool: {}); Ctrl-C to stop",
+        "consumer: serving {} on {local} (blocking pool: {}); Ctrl-C or SIGTERM to stop",
         services.join(", "),
-        cli.listen,
         registry.blocking_pool().size()
     );
     let consumer = Consumer::new(Arc::new(registry), config);
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("consumer: stopping; finishing requests in flight");
+        let signal = signals.recv().await;
+        eprintln!("consumer: {signal}: stopping; finishing requests in flight");
     };
     match consumer.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,13 +167,18 @@ async fn run_tcp(cli: Cli) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    cli::init_logging(cli::DEFAULT_LOG_FILTER);
     let cli = Cli::parse();
+    let signals = match cli::Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("consumer: cannot handle SIGINT and SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if cli.amqp {
-        run_amqp(cli).await
+        run_amqp(cli, signals).await
     } else {
-        run_tcp(cli).await
+        run_tcp(cli, signals).await
     }
 }

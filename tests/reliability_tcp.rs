@@ -1201,12 +1201,13 @@ fn string_literals(source: &str) -> Vec<String> {
     out
 }
 
-const EXAMPLES: [(&str, &str); 7] = [
+const EXAMPLES: [(&str, &str); 8] = [
     ("consumer.rs", include_str!("../examples/consumer.rs")),
     ("producer.rs", include_str!("../examples/producer.rs")),
     ("client.rs", include_str!("../examples/client.rs")),
     ("calculator.rs", include_str!("../examples/calculator.rs")),
     ("amqp_rpc.rs", include_str!("../examples/amqp_rpc.rs")),
+    ("cli/mod.rs", include_str!("../examples/cli/mod.rs")),
     ("services/calculator.rs", include_str!("../examples/services/calculator.rs")),
     ("services/neural_net.rs", include_str!("../examples/services/neural_net.rs")),
 ];
@@ -1226,21 +1227,27 @@ fn the_examples_listen_on_loopback_by_default_and_name_no_wider_address() {
             }
             assert!(!literal.contains("0.0.0.0") && !literal.contains("[::]"), "{file}: {literal:?}");
         }
-        // Every listener binds a loopback literal or the `--listen` flag, nothing else.
+        // Every listener binds a loopback literal or the `--listen` flag, nothing else: the
+        // examples bind `--listen` through `cli::bind`, which binds what the flag resolves to.
         for (at, _) in source.match_indices("TcpListener::bind(") {
             let argument = &source[at + "TcpListener::bind(".len()..];
             let argument = &argument[..argument.find(')').unwrap()];
             assert!(
-                argument == "cli.listen"
+                (file == "cli/mod.rs" && argument == "addr")
                     || argument.trim_matches('"').parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback()),
                 "{file}: binds {argument}"
             );
+        }
+        for (at, _) in source.match_indices("cli::bind(") {
+            let argument = &source[at + "cli::bind(".len()..];
+            let argument = &argument[..argument.find(')').unwrap()];
+            assert_eq!(argument, "\"--listen\", &cli.listen", "{file}: binds {argument}");
         }
     }
     // The two servers' `--listen` defaults, as clap shows them in `--help`.
     for (file, port) in [("consumer.rs", 9001), ("producer.rs", 9000)] {
         let source = EXAMPLES.iter().find(|(f, _)| *f == file).unwrap().1;
-        let field = source.find("listen: SocketAddr").unwrap_or_else(|| panic!("{file} has no --listen flag"));
+        let field = source.find("listen: String").unwrap_or_else(|| panic!("{file} has no --listen flag"));
         let attribute = &source[source[..field].rfind("#[arg(").unwrap()..field];
         let default =
             string_literals(attribute).into_iter().next().unwrap_or_else(|| panic!("{file}: no default for --listen"));
@@ -1334,6 +1341,9 @@ fn every_limit_is_configurable_and_documented_in_protocol_md_with_its_real_defau
         ("Producer", "attempt_timeout", doc_duration(producer.attempt_timeout)),
         ("Producer", "connect_timeout", doc_duration(producer.connect_timeout)),
         ("Producer", "backoff", doc_duration(producer.backoff)),
+        ("Producer", "max_backoff", doc_duration(producer.max_backoff)),
+        ("Producer", "probe_interval", doc_duration(producer.probe_interval)),
+        ("Producer", "probe_timeout", doc_duration(producer.probe_timeout)),
         ("Producer", "max_reply", doc_bytes(producer.max_reply)),
         ("client", "connect_timeout", doc_duration(client.connect_timeout)),
         ("client", "timeout", doc_duration(client.timeout)),

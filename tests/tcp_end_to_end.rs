@@ -135,6 +135,6 @@ async fn the_calculator_example_runs_its_crowd_and_every_task_gets_its_expected_
 #[tokio::test]
 async fn the_calculator_example_exits_0_over_tcp() {
     use calculator_example::{run, Cli, TransportKind};
-    let ok = run(Cli { transport: TransportKind::Tcp, tasks: 16, consumers: 2 }).await;
+    let ok = run(Cli { transport: TransportKind::Tcp, tasks: 16, consumers: 2, clients: None }).await;
     assert_eq!(ok, ExitCode::SUCCESS);
 }

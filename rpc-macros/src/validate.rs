@@ -1,4 +1,5 @@
-//! Checks across methods: duplicate wire names and names the generated client reserves.
+//! Checks across methods: duplicate wire names and names the generated client reserves; and
+//! the service's own name against the protocol's reserved namespace.
 
 use std::collections::HashMap;
 
@@ -7,9 +8,25 @@ use crate::model::{push, Service};
 /// Inherent methods of the generated client; an RPC method of the same name would clash.
 pub(crate) const RESERVED: &[&str] = &["new", "with_deadline", "with_context", "with_metadata", "transport"];
 
+/// Service names starting with this belong to the protocol (`_rpc health`): the same value as
+/// `rpc_core::service::RESERVED_PREFIX`, which this crate cannot depend on.
+pub(crate) const RESERVED_SERVICE_PREFIX: &str = "_rpc";
+
 /// Every cross-method error, combined with the parse errors already found.
 pub(crate) fn validate(service: &Service<'_>, mut errors: Option<syn::Error>) -> Result<(), syn::Error> {
     let parse_failed = errors.is_some();
+    if service.name.starts_with(RESERVED_SERVICE_PREFIX) {
+        push(
+            &mut errors,
+            syn::Error::new(
+                service.name_span,
+                format!(
+                    "the service name \"{}\" is reserved: names starting with `{RESERVED_SERVICE_PREFIX}` belong to the protocol (`_rpc health`); choose another #[rpc_service(name = \"...\")]",
+                    service.name
+                ),
+            ),
+        );
+    }
     let mut seen: HashMap<&str, &crate::model::Method<'_>> = HashMap::new();
     for method in &service.methods {
         if let Some(first) = seen.insert(&method.wire_name, method) {

@@ -147,9 +147,19 @@ pub struct ProducerConfig {
     /// legitimately slow task on every consumer in turn. Lower it to fail over from consumers
     /// that hang; it is always cut to what is left of the task's deadline.
     pub attempt_timeout: Duration,
-    /// How long a failed consumer is avoided before it is tried again. Default 2 s; while it
-    /// is marked down it is only tried when every other consumer has failed too.
+    /// How long a consumer is avoided after a failed task or health probe. Default 2 s. It
+    /// doubles with each consecutive failure (2 s, 4 s, 8 s, ...) up to
+    /// [`ProducerConfig::max_backoff`], and starts over once the consumer answers a task. A
+    /// consumer is given tasks again only after its backoff and a health probe it answered.
     pub backoff: Duration,
+    /// The longest a consumer is avoided after consecutive failures. Default 60 s.
+    pub max_backoff: Duration,
+    /// How often [`Producer::serve`](crate::Producer::serve) sends `_rpc health` to every
+    /// consumer that is up or whose backoff is over. Default 5 s (at least 10 ms).
+    pub probe_interval: Duration,
+    /// How long a health probe may take, connecting included, before the consumer counts as
+    /// down. Default 2 s.
+    pub probe_timeout: Duration,
     /// Largest reply accepted from a consumer. Default 16 MiB.
     pub max_reply: usize,
 }
@@ -162,6 +172,9 @@ impl Default for ProducerConfig {
             connect_timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(30),
             backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
             max_reply: 16 * 1024 * 1024,
         }
     }
@@ -195,6 +208,24 @@ impl ProducerConfig {
     /// Sets [`ProducerConfig::backoff`].
     pub fn with_backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`ProducerConfig::max_backoff`].
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`ProducerConfig::probe_interval`].
+    pub fn with_probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Sets [`ProducerConfig::probe_timeout`].
+    pub fn with_probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout;
         self
     }
 

@@ -13,8 +13,12 @@ use tokio::net::TcpListener;
 use crate::config::ConsumerConfig;
 use crate::frame::{self, RequestLine};
 use crate::server::{self, Respond};
+use crate::system;
 
 /// A TCP server for the services of a [`Registry`].
+///
+/// Requests in the reserved `_rpc` namespace about itself (`_rpc health`) it answers itself,
+/// without the registry; `_rpc describe` its registry answers: see [`system`].
 ///
 /// Synchronous handlers run on the registry's bounded [`rpc_core::BlockingPool`] (size it with
 /// [`Registry::with_blocking_pool`]), so a burst of heavy calls queues there while the accept
@@ -75,6 +79,15 @@ impl Consumer {
 
 impl Respond for Inner {
     async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
+        if system::is_reserved(&line.service) {
+            let route = system::route(&line, || {
+                system::consumer_health(self.registry.services().map(|s| s.name.to_owned()).collect())
+            });
+            if let system::Route::Answer(reply) = route {
+                tracing::debug!(service = %line.service, method = %line.method, ?peer, "answered by the consumer itself");
+                return reply;
+            }
+        }
         let started = Instant::now();
         let (service, method) = (line.service.clone(), line.method.clone());
         let request = line.into_request().with_deadline(self.config.request_timeout);

@@ -10,8 +10,10 @@
 //! - [`frame`]: bytes → [`RequestLine`] or an [`Error`]; replies encoded and decoded. Pure.
 //! - [`connection`]: [`Connection`], an accepted socket and its bounded read buffer.
 //! - [`consumer`]: [`Consumer`], the server for a [`rpc_core::Registry`].
-//! - [`producer`]: [`Producer`], the gateway: load spreading, failover, deadlines; also a
-//!   `Transport`.
+//! - [`producer`]: [`Producer`], the gateway: load spreading, failover, health probes and
+//!   ejection of failing consumers, deadlines; also a `Transport`.
+//! - [`system`]: the reserved `_rpc` namespace (`_rpc health`), answered by every server
+//!   itself; the Producer's health probe.
 //! - [`client`]: [`TcpTransport`], the client `Transport`.
 //! - [`config`]: [`Limits`], [`ConsumerConfig`], [`ProducerConfig`], [`ClientConfig`].
 //! - [`error`](mod@error): [`Error`], what can go wrong reading a request.
@@ -73,6 +75,7 @@ pub mod error;
 pub mod frame;
 pub mod producer;
 mod server;
+pub mod system;
 
 pub use client::TcpTransport;
 pub use config::{ClientConfig, ConsumerConfig, Limits, ProducerConfig};
@@ -80,4 +83,4 @@ pub use connection::Connection;
 pub use consumer::Consumer;
 pub use error::Error;
 pub use frame::{Decoded, LineDecoder, RequestLine};
-pub use producer::{ConsumerStats, Producer};
+pub use producer::{ConsumerState, ConsumerStats, Producer};
