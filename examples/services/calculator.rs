@@ -30,7 +30,7 @@ impl Calculator {
                     "unknown_operator",
                     // Quoted bounded: an operator of 8 MB comes back as its start and its length.
                     format!("unknown operator {} (expected one of + - * /)", quote(other)),
-                ))
+                ));
             }
         };
         if result.is_finite() {
