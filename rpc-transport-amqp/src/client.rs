@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use lapin::message::{BasicReturnMessage, Delivery};
 use lapin::options::BasicPublishOptions;
 use lapin::Consumer;
-use rpc_core::{Args, Reply, RpcError};
+use rpc_core::{Args, Context, Reply, RpcError};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -177,7 +177,9 @@ pub(crate) struct Call<'a> {
     /// The routing key.
     pub(crate) method: &'a str,
     pub(crate) args: Args,
-    /// How long the caller waits.
+    /// The call's trace id and metadata, sent in headers.
+    pub(crate) context: Context,
+    /// How long the caller waits (sent as the deadline).
     pub(crate) timeout: Duration,
     pub(crate) codec: Codec,
 }
@@ -215,7 +217,7 @@ async fn publish_and_wait(
     call: Call<'_>,
     correlation_id: &str,
 ) -> Result<Reply, RpcError> {
-    let Call { method, args, timeout, codec } = call;
+    let Call { method, args, context, timeout, codec } = call;
     // `Duration::MAX` means "no deadline"; a year is as good and cannot overflow.
     let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + FAR_FUTURE);
     let key = wire::short(method).map_err(|reason| RpcError::bad_request(format!("method name: {reason}")))?;
@@ -241,7 +243,7 @@ async fn publish_and_wait(
         return Err(RpcError::Transport { message: "the link to the broker was lost".into(), source: None });
     }
     let deadline_ms = wire::now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-    let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms);
+    let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms, &context);
     let publish = async {
         link.client
             .basic_publish(

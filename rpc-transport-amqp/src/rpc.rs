@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lapin::{Channel, ConnectionProperties};
 use rpc_core::handler::{from_async, from_blocking};
-use rpc_core::{Args, BlockingPool, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
+use rpc_core::{Args, BlockingPool, Context, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -279,6 +279,9 @@ impl Rpc {
 
     /// Calls `method` (the routing key) with named arguments and decodes the result as `T`.
     ///
+    /// Made from a handler, the call carries the handler's trace id and metadata and ends by
+    /// the handler's deadline ([`Context::for_outgoing_call`]).
+    ///
     /// ```no_run
     /// # async fn run(rpc: rpc_transport_amqp::Rpc) -> Result<(), rpc_core::RpcError> {
     /// let slept: f64 = rpc.call("sleep", rpc_core::kwargs! { "t" => 3 }).await?;
@@ -305,8 +308,12 @@ impl Rpc {
         options: CallOptions,
     ) -> Result<T, RpcError> {
         let options = options.or(self.defaults);
+        // Inside a handler, the call carries the handler's trace id and metadata, and never
+        // outlives its deadline.
+        let context = Context::for_outgoing_call();
         let timeout = options.timeout.unwrap_or(self.session.config.timeout);
-        let reply = self.send(Call { method, args, timeout, codec: self.codec(options) }).await?;
+        let timeout = context.remaining().map_or(timeout, |left| left.min(timeout));
+        let reply = self.send(Call { method, args, context, timeout, codec: self.codec(options) }).await?;
         reply.decode(method)
     }
 
@@ -372,11 +379,14 @@ impl Rpc {
 }
 
 impl Transport for Rpc {
-    /// Routing key `service.method` (just `method` when `service` is empty).
+    /// Routing key `service.method` (just `method` when `service` is empty); the request's
+    /// context travels in headers (deadline, trace id, metadata: `docs/AMQP.md`).
     async fn call(&self, request: Request) -> Result<Reply, RpcError> {
         let key = if request.service.is_empty() { request.method.clone() } else { request.target() };
         let options = CallOptions { timeout: request.context.remaining(), codec: None }.or(self.defaults);
         let timeout = options.timeout.unwrap_or(self.session.config.timeout);
-        self.send(Call { method: &key, args: request.args, timeout, codec: self.codec(options) }).await
+        let call =
+            Call { method: &key, args: request.args, context: request.context, timeout, codec: self.codec(options) };
+        self.send(call).await
     }
 }

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
-use lapin::Consumer;
+use lapin::{BasicProperties, Consumer};
 use rpc_core::{run, Args, Context, Handler, RpcError};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -438,17 +438,7 @@ async fn run(config: &RpcConfig, handler: &dyn Handler, delivery: &Delivery, cod
             config.max_body_size
         )));
     }
-    let now = wire::now_ms();
-    let limit = match wire::deadline_ms(props) {
-        Some(deadline) if deadline <= now => {
-            debug!(method = %target, late_ms = now - deadline, "request skipped: its caller's deadline has passed");
-            return Err(RpcError::deadline(target, wire::expiration(props).unwrap_or_default()));
-        }
-        Some(deadline) => Duration::from_millis(deadline - now),
-        // A foreign caller: its TTL, or our default, bounds the run.
-        None => wire::expiration(props).unwrap_or(config.timeout),
-    }
-    .min(config.max_run);
+    let ctx = request_context(config, target, props)?;
     let args = match codec.decode(&delivery.data) {
         Ok(Value::Object(map)) => Args::Named(map),
         Ok(Value::Null) => Args::Named(Map::new()),
@@ -460,7 +450,6 @@ async fn run(config: &RpcConfig, handler: &dyn Handler, delivery: &Delivery, cod
         }
         Err(e) => return Err(RpcError::bad_request(format!("{target}: {e}"))),
     };
-    let ctx = Context::new().with_deadline(limit);
     let pool = &config.blocking_pool;
     let outcome = run::run(target, &ctx, async { handler.call(args, &ctx, pool)?.await }).await;
     match &outcome {
@@ -470,6 +459,28 @@ async fn run(config: &RpcConfig, handler: &dyn Handler, delivery: &Delivery, cod
         Ok(_) => {}
     }
     outcome
+}
+
+/// The handler's context, rebuilt from the request's headers: the caller's deadline (or, from
+/// a foreign caller, its TTL or our default) capped by `max_run`, its trace id and its
+/// metadata, checked by the same rules as the caller's own.
+///
+/// # Errors
+/// [`RpcError::DeadlineExceeded`] when the caller's deadline has passed already;
+/// [`RpcError::BadRequest`] naming a header the context cannot take in.
+fn request_context(config: &RpcConfig, target: &str, props: &BasicProperties) -> Result<Context, RpcError> {
+    let now = wire::now_ms();
+    let caller = match wire::deadline_ms(props) {
+        Some(deadline) if deadline <= now => {
+            debug!(method = %target, late_ms = now - deadline, "request skipped: its caller's deadline has passed");
+            return Err(RpcError::deadline(target, wire::expiration(props).unwrap_or_default()));
+        }
+        Some(deadline) => Duration::from_millis(deadline - now),
+        // A foreign caller: its TTL, or our default, bounds the run.
+        None => wire::expiration(props).unwrap_or(config.timeout),
+    };
+    let ctx = wire::request_context(props).map_err(|reason| RpcError::bad_request(format!("{target}: {reason}")))?;
+    Ok(run::effective_context(ctx.with_deadline(caller), Some(config.max_run)))
 }
 
 fn json_type(value: &Value) -> &'static str {
