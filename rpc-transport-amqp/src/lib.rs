@@ -12,8 +12,9 @@
 //! - `session.rs`: the one owner of the link's life (connect, install, wait for the loss,
 //!   back off, reconnect, as one loop) and of what the handles share;
 //! - `client.rs`: publishing requests, matching replies to pending calls (the reply loop);
-//! - `server.rs`: consuming method queues, running handlers, replying, acking (the serving
-//!   loops);
+//! - `server.rs`: consuming method queues, running requests through the server stack (the
+//!   layers of [`RpcBuilder::layer`], then the handler under the run policy), replying,
+//!   acking (the serving loops);
 //! - `link.rs`: one connection's channels, reply queue and consumers (rebuilt on reconnect);
 //!   the loops above report its death through it, to the session;
 //! - [`codec`]: message bodies (MessagePack/JSON) and the error envelope; pure;

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use lapin::{Channel, ConnectionProperties};
 use rpc_core::handler::{from_async, from_blocking};
+use rpc_core::layer::{self, ServerStack};
 use rpc_core::{Args, BlockingPool, Context, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::client::{self, Call};
+use crate::server::WrapStack;
 use crate::session::Session;
 use crate::{CallOptions, Codec, Error, RpcConfig};
 
@@ -63,6 +66,17 @@ impl std::fmt::Debug for Rpc {
 pub struct RpcBuilder {
     config: RpcConfig,
     properties: ConnectionProperties,
+    layers: Layers,
+}
+
+/// The server-side layers of an [`RpcBuilder`], innermost first.
+#[derive(Clone, Default)]
+struct Layers(Vec<WrapStack>);
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} layer(s)", self.0.len())
+    }
 }
 
 impl RpcBuilder {
@@ -149,12 +163,44 @@ impl RpcBuilder {
         self
     }
 
+    /// Runs every request the `Rpc` serves through `layer` (a tower [`Layer`](tower::Layer)
+    /// around the server's dispatch, like `MemoryTransport::layer`); the last layer added runs
+    /// first.
+    ///
+    /// The request a layer sees names the method queue (`service.method`, or `method` for a
+    /// plain registered name), carries the decoded named arguments and the context rebuilt
+    /// from the message's headers (the caller's deadline, trace id and metadata); below the
+    /// layers, the handler runs under the run policy with the deadline capped by `max_run`.
+    /// Requests refused before decoding (bad content type, body too large, bad context
+    /// headers, a passed deadline, poison) are answered without reaching the stack.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), rpc_transport_amqp::Error> {
+    /// use rpc_core::layer::auth::AuthLayer;
+    /// use rpc_transport_amqp::Rpc;
+    /// let rpc = Rpc::builder()
+    ///     .layer(AuthLayer::new("authorization", |token: &str| token == "Bearer s3cret"))
+    ///     .connect("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .await?;
+    /// # let _ = rpc; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn layer<L, S>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<ServerStack, Service = S> + Send + Sync + 'static,
+        S: tower::Service<Request, Response = Value, Error = RpcError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        self.layers.0.push(Arc::new(move |stack| layer::wrap(stack, &layer)));
+        self
+    }
+
     /// An `Rpc` on a channel the caller owns; see [`Rpc::create`].
     ///
     /// # Errors
     /// [`Error::Broker`] when the broker refuses the set-up.
     pub async fn create(self, channel: Channel) -> Result<Rpc, Error> {
-        let session = Session::create(self.config, channel).await?;
+        let session = Session::create(self.config, &self.layers.0, channel).await?;
         Ok(Rpc { session, defaults: CallOptions::default() })
     }
 
@@ -164,7 +210,7 @@ impl RpcBuilder {
     /// [`Error::InvalidUrl`], [`Error::Connect`] or [`Error::ConnectTimeout`] (password
     /// redacted), or [`Error::Broker`].
     pub async fn connect(self, url: &str) -> Result<Rpc, Error> {
-        let session = Session::connect(self.config, url, self.properties).await?;
+        let session = Session::connect(self.config, &self.layers.0, url, self.properties).await?;
         Ok(Rpc { session, defaults: CallOptions::default() })
     }
 }

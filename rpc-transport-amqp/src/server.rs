@@ -17,15 +17,19 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Consumer};
-use rpc_core::{run, Args, Context, Handler, RpcError};
+use rpc_core::layer::{self, ServerStack};
+use rpc_core::{run, Args, Context, Handler, Request, RpcError};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneSyncService;
 use tracing::{debug, error, info, warn};
 
 use crate::codec::error_body;
@@ -42,7 +46,14 @@ pub(crate) struct Serving {
     pub(crate) casualties: Casualties,
     /// Requests being handled plus consumer loops alive: `close` waits for zero.
     inflight: watch::Sender<usize>,
+    /// Every request served goes through it; its innermost service is [`Dispatch`].
+    stack: ServerStack,
+    /// The handlers of the requests being served, for [`Dispatch`].
+    table: Arc<HandlerTable>,
 }
+
+/// Wraps an `Rpc`'s server stack in one layer (`RpcBuilder::layer`).
+pub(crate) type WrapStack = Arc<dyn Fn(ServerStack) -> ServerStack + Send + Sync>;
 
 /// Counts one unit of work in [`Serving::inflight`] while alive.
 struct InflightGuard(Arc<Serving>);
@@ -54,8 +65,13 @@ impl Drop for InflightGuard {
 }
 
 impl Serving {
-    pub(crate) fn new(config: Arc<RpcConfig>, limit: Arc<BodyLimit>) -> Self {
-        Serving { config, limit, casualties: Casualties::default(), inflight: watch::Sender::new(0) }
+    /// The serving state of an `Rpc` whose server stack is [`Dispatch`] wrapped in `layers`
+    /// (the last one outermost).
+    pub(crate) fn new(config: Arc<RpcConfig>, limit: Arc<BodyLimit>, layers: &[WrapStack]) -> Self {
+        let table = Arc::new(HandlerTable::default());
+        let dispatch = Dispatch { table: Arc::clone(&table), config: Arc::clone(&config) };
+        let stack = layers.iter().fold(BoxCloneSyncService::new(dispatch), |stack, wrap| wrap(stack));
+        Serving { config, limit, casualties: Casualties::default(), inflight: watch::Sender::new(0), stack, table }
     }
 
     fn inflight_guard(self: &Arc<Self>) -> InflightGuard {
@@ -106,6 +122,111 @@ impl Registration {
     }
 }
 
+/// The handlers of the requests being served, by method queue name: each request holds its
+/// handler here while it goes through the stack, so [`Dispatch`] finds the handler of the
+/// consumer that took it, even after an `unregister`.
+#[derive(Default)]
+struct HandlerTable {
+    /// Queue name -> the handler, and how many requests hold it.
+    entries: Mutex<HashMap<String, TableEntry>>,
+}
+
+/// A [`HandlerTable`] entry.
+struct TableEntry {
+    handler: Arc<dyn Handler>,
+    holders: usize,
+}
+
+/// A request's hold on its handler in the [`HandlerTable`].
+struct Holding<'a> {
+    table: &'a HandlerTable,
+    name: &'a str,
+}
+
+impl HandlerTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TableEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `handler` for queue `name` until the holding drops (the latest holder's handler
+    /// answers while requests of two registrations of one name overlap).
+    fn hold<'a>(&'a self, name: &'a str, handler: &Arc<dyn Handler>) -> Holding<'a> {
+        let mut entries = self.lock();
+        let entry =
+            entries.entry(name.to_owned()).or_insert_with(|| TableEntry { handler: Arc::clone(handler), holders: 0 });
+        entry.handler = Arc::clone(handler);
+        entry.holders += 1;
+        Holding { table: self, name }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.lock().get(name).map(|held| Arc::clone(&held.handler))
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut entries = self.table.lock();
+        if let Some(entry) = entries.get_mut(self.name) {
+            entry.holders -= 1;
+            if entry.holders == 0 {
+                entries.remove(self.name);
+            }
+        }
+    }
+}
+
+/// The innermost service of an `Rpc`'s server stack: runs the handler of the request's method
+/// queue (`service.method`, or the bare method name) under the run policy, its deadline
+/// capped by `max_run`.
+#[derive(Clone)]
+struct Dispatch {
+    table: Arc<HandlerTable>,
+    config: Arc<RpcConfig>,
+}
+
+impl tower::Service<Request> for Dispatch {
+    type Response = Value;
+    type Error = RpcError;
+    type Future = BoxFuture<'static, Result<Value, RpcError>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), RpcError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let name = queue_name(&request);
+        let handler = self.table.get(&name);
+        let config = Arc::clone(&self.config);
+        async move {
+            let Some(handler) = handler else {
+                return Err(RpcError::Unavailable { target: name, reason: "this server does not serve it".into() });
+            };
+            let Request { args, context, .. } = request;
+            let ctx = run::effective_context(context, Some(config.max_run));
+            let pool = &config.blocking_pool;
+            run::run(handler.target(), &ctx, async { handler.call(args, &ctx, pool)?.await }).await
+        }
+        .boxed()
+    }
+}
+
+/// The method queue a request is for: `service.method`, or `method` when the service is empty.
+fn queue_name(request: &Request) -> String {
+    if request.service.is_empty() {
+        request.method.clone()
+    } else {
+        request.target()
+    }
+}
+
+/// The request for method queue `name`: `calculator.calculate` is method `calculate` of
+/// service `calculator`; a name without a dot is a bare method (`sleep`).
+fn request_for(name: &str, args: Args, context: Context) -> Request {
+    let (service, method) = name.split_once('.').unwrap_or(("", name));
+    Request::new(service, method, args).with_context(context)
+}
+
 /// Consumes method queue `name` until cancelled or the link dies. When the broker cancels
 /// the consumer while the method is still registered (its queue was deleted), declares the
 /// queue again and goes on serving.
@@ -123,10 +244,10 @@ pub(crate) async fn serve_queue(
             match item {
                 Ok(delivery) => {
                     let guard = serving.inflight_guard();
-                    let (serving, link) = (Arc::clone(&serving), Arc::clone(&link));
+                    let (serving, link, name) = (Arc::clone(&serving), Arc::clone(&link), name.clone());
                     let handler = Arc::clone(&registration.handler);
                     tokio::spawn(async move {
-                        handle(&serving, &link, handler.as_ref(), delivery).await;
+                        handle(&serving, &link, &name, &handler, delivery).await;
                         drop(guard);
                     });
                 }
@@ -186,8 +307,8 @@ async fn resume(serving: &Serving, link: &Link, name: &str, registration: &Regis
     }
 }
 
-/// Answers one request, then acks it.
-async fn handle(serving: &Serving, link: &Link, handler: &dyn Handler, delivery: Delivery) {
+/// Answers one request taken from method queue `name`, then acks it.
+async fn handle(serving: &Serving, link: &Link, name: &str, handler: &Arc<dyn Handler>, delivery: Delivery) {
     let target = handler.target();
     let props = &delivery.properties;
     let Some(reply_to) = props.reply_to().clone() else {
@@ -209,7 +330,7 @@ async fn handle(serving: &Serving, link: &Link, handler: &dyn Handler, delivery:
             Reply::new(codec, Err(poison.error(target)), target, limit)
         }
         None => {
-            let (codec, outcome) = evaluate(serving, handler, &delivery).await;
+            let (codec, outcome) = evaluate(serving, name, handler, &delivery).await;
             Reply::new(codec, outcome, target, limit)
         }
     };
@@ -414,15 +535,28 @@ fn request_codec(target: &str, delivery: &Delivery) -> Result<Codec, RpcError> {
 }
 
 /// Decodes and runs a request: the codec to answer in, and the result.
-async fn evaluate(serving: &Serving, handler: &dyn Handler, delivery: &Delivery) -> (Codec, Result<Value, RpcError>) {
+async fn evaluate(
+    serving: &Serving,
+    name: &str,
+    handler: &Arc<dyn Handler>,
+    delivery: &Delivery,
+) -> (Codec, Result<Value, RpcError>) {
     match request_codec(handler.target(), delivery) {
-        Ok(codec) => (codec, run(&serving.config, handler, delivery, codec).await),
+        Ok(codec) => (codec, serve(serving, name, handler, delivery, codec).await),
         // A content type we do not read is answered in JSON, which every peer reads.
         Err(e) => (Codec::Json, Err(e)),
     }
 }
 
-async fn run(config: &RpcConfig, handler: &dyn Handler, delivery: &Delivery, codec: Codec) -> Result<Value, RpcError> {
+/// Checks and decodes a request, and runs it through the server stack.
+async fn serve(
+    serving: &Serving,
+    name: &str,
+    handler: &Arc<dyn Handler>,
+    delivery: &Delivery,
+    codec: Codec,
+) -> Result<Value, RpcError> {
+    let config = &serving.config;
     let props = &delivery.properties;
     let target = handler.target();
     if let Some(kind) = props.kind().as_ref().map(|k| k.as_str()).filter(|k| *k != wire::TYPE_CALL) {
@@ -450,8 +584,8 @@ async fn run(config: &RpcConfig, handler: &dyn Handler, delivery: &Delivery, cod
         }
         Err(e) => return Err(RpcError::bad_request(format!("{target}: {e}"))),
     };
-    let pool = &config.blocking_pool;
-    let outcome = run::run(target, &ctx, async { handler.call(args, &ctx, pool)?.await }).await;
+    let _holding = serving.table.hold(name, handler);
+    let outcome = layer::call(&serving.stack, request_for(name, args, ctx)).await;
     match &outcome {
         Err(e @ RpcError::Panic { .. }) => warn!(method = %target, error = %e, "handler panicked"),
         Err(e @ RpcError::Internal { .. }) => error!(method = %target, error = %e, "handler failed"),
@@ -461,9 +595,9 @@ async fn run(config: &RpcConfig, handler: &dyn Handler, delivery: &Delivery, cod
     outcome
 }
 
-/// The handler's context, rebuilt from the request's headers: the caller's deadline (or, from
-/// a foreign caller, its TTL or our default) capped by `max_run`, its trace id and its
-/// metadata, checked by the same rules as the caller's own.
+/// The call's context, rebuilt from the request's headers: the caller's deadline (or, from a
+/// foreign caller, its TTL or our default; [`Dispatch`] caps it by `max_run`), its trace id
+/// and its metadata, checked by the same rules as the caller's own.
 ///
 /// # Errors
 /// [`RpcError::DeadlineExceeded`] when the caller's deadline has passed already;
@@ -480,7 +614,7 @@ fn request_context(config: &RpcConfig, target: &str, props: &BasicProperties) ->
         None => wire::expiration(props).unwrap_or(config.timeout),
     };
     let ctx = wire::request_context(props).map_err(|reason| RpcError::bad_request(format!("{target}: {reason}")))?;
-    Ok(run::effective_context(ctx.with_deadline(caller), Some(config.max_run)))
+    Ok(ctx.with_deadline(caller))
 }
 
 fn json_type(value: &Value) -> &'static str {

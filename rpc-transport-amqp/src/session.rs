@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::client::{self, Pending};
 use crate::config::BodyLimit;
 use crate::link::{Link, LinkLost, Reports};
-use crate::server::{self, Registration, Serving};
+use crate::server::{self, Registration, Serving, WrapStack};
 use crate::{wire, Error, RpcConfig};
 
 enum State {
@@ -56,13 +56,14 @@ pub(crate) struct Session {
 impl Session {
     fn new(
         config: RpcConfig,
+        layers: &[WrapStack],
         reconnect: Option<(String, ConnectionProperties)>,
     ) -> (Arc<Session>, mpsc::UnboundedReceiver<LinkLost>) {
         let config = Arc::new(config);
         let limit = Arc::new(BodyLimit::new(config.max_body_size));
         let (reports, losses) = mpsc::unbounded_channel();
         let session = Session {
-            serving: Arc::new(Serving::new(Arc::clone(&config), Arc::clone(&limit))),
+            serving: Arc::new(Serving::new(Arc::clone(&config), Arc::clone(&limit), layers)),
             config,
             reconnect,
             state: Mutex::new(State::Down),
@@ -78,9 +79,14 @@ impl Session {
         (Arc::new(session), losses)
     }
 
-    /// A session on a channel the caller owns: no reconnection.
-    pub(crate) async fn create(config: RpcConfig, channel: Channel) -> Result<Arc<Session>, Error> {
-        let (session, losses) = Session::new(config, None);
+    /// A session on a channel the caller owns: no reconnection. Requests served go through
+    /// `layers`.
+    pub(crate) async fn create(
+        config: RpcConfig,
+        layers: &[WrapStack],
+        channel: Channel,
+    ) -> Result<Arc<Session>, Error> {
+        let (session, losses) = Session::new(config, layers, None);
         let generation = session.next_generation();
         let (link, replies) = Link::on_channel(channel, &session.config, generation, session.reports.clone()).await?;
         let link = session.install(link, replies).await?;
@@ -88,13 +94,15 @@ impl Session {
         Ok(session)
     }
 
-    /// A session that opens its own connection to `url`, and reconnects.
+    /// A session that opens its own connection to `url`, and reconnects. Requests served go
+    /// through `layers`.
     pub(crate) async fn connect(
         config: RpcConfig,
+        layers: &[WrapStack],
         url: &str,
         properties: ConnectionProperties,
     ) -> Result<Arc<Session>, Error> {
-        let (session, losses) = Session::new(config, Some((url.to_owned(), properties)));
+        let (session, losses) = Session::new(config, layers, Some((url.to_owned(), properties)));
         let link = session.open().await?;
         tokio::spawn(Arc::clone(&session).run(link, losses));
         Ok(session)
