@@ -1,4 +1,7 @@
 //! The calling side: publish a request, wait for the reply with the same correlation id.
+//!
+//! The reply loop and the return loop read from one [`Link`] and report its death to it
+//! ([`Link::report_lost`]); they know nothing of the session that owns the link.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,7 +11,7 @@ use futures_util::StreamExt;
 use lapin::message::{BasicReturnMessage, Delivery};
 use lapin::options::BasicPublishOptions;
 use lapin::Consumer;
-use rpc_core::{Args, Reply, RpcError};
+use rpc_core::{Args, Context, Reply, RpcError};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -16,9 +19,9 @@ use tracing::{debug, field, Instrument};
 use uuid::Uuid;
 
 use crate::codec::parse_error_body;
+use crate::config::RETURN_POLL;
 use crate::link::Link;
-use crate::rpc::Shared;
-use crate::{wire, CallOptions, Codec};
+use crate::{wire, Codec};
 
 type Outcome = Result<Reply, RpcError>;
 
@@ -133,36 +136,34 @@ impl Pending {
     }
 }
 
-/// Reads the reply queue until the link dies or the `Rpc` closes.
-pub(crate) async fn reply_loop(shared: Arc<Shared>, link: Arc<Link>, mut replies: Consumer) {
+/// Reads the reply queue until the link dies or the `Rpc` closes, then reports why it ended.
+pub(crate) async fn reply_loop(link: Arc<Link>, pending: Arc<Pending>, mut replies: Consumer) {
     let reason = loop {
         match replies.next().await {
-            Some(Ok(delivery)) => shared.pending.on_reply(&delivery),
+            Some(Ok(delivery)) => pending.on_reply(&delivery),
             Some(Err(e)) => break e.to_string(),
             None => break "the reply consumer was cancelled".to_owned(),
         }
     };
-    if !shared.is_closing() {
-        shared.link_lost(link.generation, reason);
-    }
+    link.report_lost(reason);
 }
 
 /// Without publisher confirms, lapin keeps returned messages until `wait_for_confirms` drains
 /// them (it resolves at once when no confirm is pending), so the link polls it; each returned
 /// request fails its own call, found by its correlation id.
-pub(crate) async fn return_loop(shared: Arc<Shared>, link: Arc<Link>) {
-    let mut tick = tokio::time::interval(crate::config::RETURN_POLL);
+pub(crate) async fn return_loop(link: Arc<Link>, pending: Arc<Pending>) {
+    let mut tick = tokio::time::interval(RETURN_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if shared.is_closing() || !shared.is_live(link.generation) {
+        if !link.is_live() {
             return;
         }
         // A dead channel is noticed (and reported) by the reply loop.
         let Ok(returned) = link.client.wait_for_confirms().await else { return };
         for message in returned {
             match message.delivery.properties.correlation_id() {
-                Some(id) => shared.pending.fail(id.as_str(), unroutable(&message)),
+                Some(id) => pending.fail(id.as_str(), unroutable(&message)),
                 None => {
                     debug!(routing_key = %message.delivery.routing_key, "returned message without correlation id dropped")
                 }
@@ -171,26 +172,36 @@ pub(crate) async fn return_loop(shared: Arc<Shared>, link: Arc<Link>) {
     }
 }
 
-/// Publishes one request to routing key `method` and waits for its reply.
+/// One call to publish.
+pub(crate) struct Call<'a> {
+    /// The routing key.
+    pub(crate) method: &'a str,
+    pub(crate) args: Args,
+    /// The call's trace id and metadata, sent in headers.
+    pub(crate) context: Context,
+    /// How long the caller waits (sent as the deadline).
+    pub(crate) timeout: Duration,
+    pub(crate) codec: Codec,
+}
+
+/// Publishes `call` on `link` (or fails with why there is none) and waits for its reply in
+/// `pending`. No body over `body_limit` is sent.
 pub(crate) async fn call(
-    shared: &Arc<Shared>,
-    method: &str,
-    args: Args,
-    options: CallOptions,
+    link: Result<Arc<Link>, RpcError>,
+    pending: &Pending,
+    body_limit: usize,
+    call: Call<'_>,
 ) -> Result<Reply, RpcError> {
-    let timeout = options.timeout.unwrap_or(shared.config.timeout);
-    let codec = options.codec.unwrap_or(shared.config.codec);
     let correlation_id = Uuid::new_v4().to_string();
     let span = tracing::info_span!(
         "rpc.call",
-        method = %method,
+        method = %call.method,
         correlation_id = %correlation_id,
         duration_ms = field::Empty,
         outcome = field::Empty,
     );
     let started = std::time::Instant::now();
-    let outcome =
-        publish_and_wait(shared, method, args, timeout, codec, &correlation_id).instrument(span.clone()).await;
+    let outcome = publish_and_wait(link, pending, body_limit, call, &correlation_id).instrument(span.clone()).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let kind = outcome.as_ref().map_or_else(RpcError::kind, |_| "ok");
     span.record("duration_ms", duration_ms);
@@ -200,13 +211,13 @@ pub(crate) async fn call(
 }
 
 async fn publish_and_wait(
-    shared: &Arc<Shared>,
-    method: &str,
-    args: Args,
-    timeout: Duration,
-    codec: Codec,
+    link: Result<Arc<Link>, RpcError>,
+    pending: &Pending,
+    body_limit: usize,
+    call: Call<'_>,
     correlation_id: &str,
 ) -> Result<Reply, RpcError> {
+    let Call { method, args, context, timeout, codec } = call;
     // `Duration::MAX` means "no deadline"; a year is as good and cannot overflow.
     let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + FAR_FUTURE);
     let key = wire::short(method).map_err(|reason| RpcError::bad_request(format!("method name: {reason}")))?;
@@ -216,19 +227,23 @@ async fn publish_and_wait(
         )));
     };
     let body = codec.encode(&Value::Object(map)).map_err(|e| RpcError::bad_request(format!("{method}: {e}")))?;
-    let limit = shared.body_limit();
-    if body.len() > limit {
+    if body.len() > body_limit {
         return Err(RpcError::bad_request(format!(
-            "{method}: request body of {} bytes exceeds the limit of {limit} bytes",
+            "{method}: request body of {} bytes exceeds the limit of {body_limit} bytes",
             body.len()
         )));
     }
-    let link = shared.link()?;
+    let link = link?;
     let (tx, rx) = oneshot::channel();
     let waiter = Waiter { tx, deadline, timeout, target: method.to_owned(), codec };
-    let _entry = shared.pending.insert(correlation_id.to_owned(), waiter);
+    let _entry = pending.insert(correlation_id.to_owned(), waiter);
+    // The session fails every waiting call when it learns the link died; a link that died
+    // before this call waited would never fail it.
+    if !link.is_live() {
+        return Err(RpcError::Transport { message: "the link to the broker was lost".into(), source: None });
+    }
     let deadline_ms = wire::now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-    let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms);
+    let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms, &context);
     let publish = async {
         link.client
             .basic_publish(
@@ -253,7 +268,7 @@ async fn publish_and_wait(
                     // When the broker confirms several publishes at once, lapin may hand a
                     // returned message to another publish's confirmation: the message's own
                     // correlation id says whose call it was.
-                    Some(owner) if owner != correlation_id => shared.pending.fail(&owner, error),
+                    Some(owner) if owner != correlation_id => pending.fail(&owner, error),
                     _ => return Err(error),
                 }
             }

@@ -1,10 +1,12 @@
 //! [`RpcConfig`] (per `Rpc`) and [`CallOptions`] (per call).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rpc_core::BlockingPool;
+use tracing::warn;
 
-use crate::Codec;
+use crate::{wire, Codec};
 
 /// Default limit on a request or reply body: 8 MiB.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
@@ -128,5 +130,39 @@ impl CallOptions {
     /// `self`, with `other`'s settings where `self` has none.
     pub(crate) fn or(self, other: CallOptions) -> CallOptions {
         CallOptions { timeout: self.timeout.or(other.timeout), codec: self.codec.or(other.codec) }
+    }
+}
+
+/// The largest body an `Rpc` sends, request or reply: [`RpcConfig::max_body_size`], lowered
+/// to the broker's own `max_message_size` once a refusal names it. The calling and the
+/// serving side share one.
+#[derive(Debug)]
+pub(crate) struct BodyLimit {
+    configured: usize,
+    /// The broker's limit once known (`usize::MAX` until then).
+    broker: AtomicUsize,
+}
+
+impl BodyLimit {
+    pub(crate) fn new(configured: usize) -> Self {
+        BodyLimit { configured, broker: AtomicUsize::new(usize::MAX) }
+    }
+
+    /// The limit now.
+    pub(crate) fn get(&self) -> usize {
+        self.configured.min(self.broker.load(Ordering::Relaxed))
+    }
+
+    /// Remembers the broker's size limit when `reason` (a refusal, a channel closed by the
+    /// broker) names it.
+    pub(crate) fn learn(&self, reason: &str) {
+        if let Some(limit) = wire::refused_size_limit(reason) {
+            if self.broker.fetch_min(limit, Ordering::Relaxed) > limit {
+                warn!(
+                    max_message_size = limit,
+                    "the broker refuses messages over {limit} bytes; bodies are bounded by it from now on"
+                );
+            }
+        }
     }
 }

@@ -9,9 +9,14 @@
 //! Layout:
 //! - [`Rpc`] (`rpc.rs`): the handle: `create`/`connect`, `register`/`serve`/`unregister`,
 //!   `call`, `close`; it implements [`rpc_core::Transport`] for `#[rpc_service]` clients;
-//! - `client.rs`: publishing requests, matching replies to pending calls;
-//! - `server.rs`: consuming method queues, running handlers, replying, acking;
+//! - `session.rs`: the one owner of the link's life (connect, install, wait for the loss,
+//!   back off, reconnect, as one loop) and of what the handles share;
+//! - `client.rs`: publishing requests, matching replies to pending calls (the reply loop);
+//! - `server.rs`: consuming method queues, running requests through the server stack (the
+//!   layers of [`RpcBuilder::layer`], then the handler under the run policy), replying,
+//!   acking (the serving loops);
 //! - `link.rs`: one connection's channels, reply queue and consumers (rebuilt on reconnect);
+//!   the loops above report its death through it, to the session;
 //! - [`codec`]: message bodies (MessagePack/JSON) and the error envelope; pure;
 //! - [`wire`]: names, message properties, queue arguments; pure;
 //! - [`config`](mod@config): [`RpcConfig`] and [`CallOptions`];
@@ -54,6 +59,7 @@ pub mod error;
 mod link;
 mod rpc;
 mod server;
+mod session;
 pub mod wire;
 
 pub use codec::Codec;

@@ -1,7 +1,12 @@
 //! [`Link`]: one live connection's worth of broker state (channels, reply queue, consumers).
 //! A reconnection builds a new `Link`; nothing survives from the old one.
+//!
+//! A link knows whom to tell when it dies: the loops that read from it (replies, returned
+//! requests, method queues) call [`Link::report_lost`], which marks it dead and sends one
+//! [`LinkLost`] to the session that owns the link's life.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use lapin::options::{
@@ -12,9 +17,31 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::mpsc;
 
 use crate::error::ScrubbedError;
 use crate::{wire, Error, RpcConfig};
+
+/// The death of a link, as reported by the first loop that saw it.
+#[derive(Debug)]
+pub(crate) struct LinkLost {
+    /// The link's generation.
+    pub(crate) generation: u64,
+    /// What the loop saw (lapin's error, a cancelled consumer).
+    pub(crate) reason: String,
+}
+
+/// Where a link's death is reported: the session owning it.
+pub(crate) type Reports = mpsc::UnboundedSender<LinkLost>;
+
+/// A method queue's entry in [`Link::consumers`].
+#[derive(Debug)]
+enum Slot {
+    /// Claimed by a [`Claim`] whose consumer is being started (the number tells claims apart).
+    Starting(u64),
+    /// Consumed under this consumer tag.
+    Consuming(ShortString),
+}
 
 /// Broker state of one connection.
 pub(crate) struct Link {
@@ -31,8 +58,50 @@ pub(crate) struct Link {
     /// This link's server-named reply queue.
     pub(crate) reply_queue: ShortString,
     reply_tag: ShortString,
-    /// Method name -> consumer tag on `server`.
-    consumers: Mutex<HashMap<String, ShortString>>,
+    /// Method name -> its consumer on `server`, or the claim of the one being started.
+    consumers: Mutex<HashMap<String, Slot>>,
+    /// Numbers the claims.
+    claims: AtomicU64,
+    /// Set once the link is known dead.
+    dead: AtomicBool,
+    reports: Reports,
+}
+
+/// The claim on a method queue of a link, taken before the awaits that start its consumer, so
+/// that two tasks starting the same method on one link (a registration and a re-installation
+/// after a reconnection) cannot both consume it. Dropped unfilled, it releases the name.
+pub(crate) struct Claim<'a> {
+    link: &'a Link,
+    name: String,
+    id: u64,
+    filled: bool,
+}
+
+impl Claim<'_> {
+    /// Records `tag` as the method's consumer. `false` when the claim was withdrawn meanwhile
+    /// ([`Link::cancel_method`]): the caller then cancels the consumer it started.
+    pub(crate) fn fill(mut self, tag: ShortString) -> bool {
+        let mut consumers = self.link.lock_consumers();
+        let Some(slot) = consumers.get_mut(&self.name) else { return false };
+        if !matches!(slot, Slot::Starting(id) if *id == self.id) {
+            return false;
+        }
+        *slot = Slot::Consuming(tag);
+        self.filled = true;
+        true
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.filled {
+            return;
+        }
+        let mut consumers = self.link.lock_consumers();
+        if matches!(consumers.get(&self.name), Some(Slot::Starting(id)) if *id == self.id) {
+            consumers.remove(&self.name);
+        }
+    }
 }
 
 impl std::fmt::Debug for Link {
@@ -97,12 +166,14 @@ async fn bind_to_dlx(
 }
 
 impl Link {
-    /// Connects to `url` and sets up two channels. Returns the reply consumer too.
+    /// Connects to `url` and sets up two channels. Returns the reply consumer too. The link's
+    /// death goes to `reports`.
     pub(crate) async fn connect(
         url: &str,
         properties: ConnectionProperties,
         config: &RpcConfig,
         generation: u64,
+        reports: Reports,
     ) -> Result<(Link, Consumer), Error> {
         let redacted = wire::redact_url(url);
         let properties = match &config.connection_name {
@@ -125,7 +196,7 @@ impl Link {
         };
         let client = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
         let server = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
-        Self::setup(Some(connection), client, server, config, generation).await
+        Self::setup(Some(connection), client, server, config, generation, reports).await
     }
 
     /// Sets up on a channel the caller owns.
@@ -133,8 +204,9 @@ impl Link {
         channel: Channel,
         config: &RpcConfig,
         generation: u64,
+        reports: Reports,
     ) -> Result<(Link, Consumer), Error> {
-        Self::setup(None, channel.clone(), channel, config, generation).await
+        Self::setup(None, channel.clone(), channel, config, generation, reports).await
     }
 
     async fn setup(
@@ -143,7 +215,31 @@ impl Link {
         server: Channel,
         config: &RpcConfig,
         generation: u64,
+        reports: Reports,
     ) -> Result<(Link, Consumer), Error> {
+        let (reply_queue, consumer) = Self::declare(connection.as_ref(), &client, &server, config).await?;
+        let link = Link {
+            generation,
+            connection,
+            client,
+            server,
+            reply_queue,
+            reply_tag: consumer.tag(),
+            consumers: Mutex::new(HashMap::new()),
+            claims: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+            reports,
+        };
+        Ok((link, consumer))
+    }
+
+    /// Sets up the channels and the reply queue; returns the reply queue and its consumer.
+    async fn declare(
+        connection: Option<&Connection>,
+        client: &Channel,
+        server: &Channel,
+        config: &RpcConfig,
+    ) -> Result<(ShortString, Consumer), Error> {
         if config.publisher_confirms {
             client
                 .confirm_select(ConfirmSelectOptions::default())
@@ -170,7 +266,7 @@ impl Link {
             .await
             .map_err(|e| Error::broker("declaring the reply queue", e))?;
         let reply_queue = reply.name().clone();
-        bind_to_dlx(connection.as_ref(), &client, &reply_queue).await?;
+        bind_to_dlx(connection, client, &reply_queue).await?;
         let consumer = client
             .basic_consume(
                 reply_queue.clone(),
@@ -180,16 +276,32 @@ impl Link {
             )
             .await
             .map_err(|e| Error::broker("consuming the reply queue", e))?;
-        let link = Link {
-            generation,
-            connection,
-            client,
-            server,
-            reply_queue,
-            reply_tag: consumer.tag(),
-            consumers: Mutex::new(HashMap::new()),
-        };
-        Ok((link, consumer))
+        Ok((reply_queue, consumer))
+    }
+
+    fn lock_consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the link dead and tells the session why; only the first report is sent.
+    pub(crate) fn report_lost(&self, reason: impl Into<String>) {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            let _ = self.reports.send(LinkLost { generation: self.generation, reason: reason.into() });
+        }
+    }
+
+    /// Marks the link dead without reporting it (the session retiring it itself).
+    pub(crate) fn retire(&self) {
+        self.dead.store(true, Ordering::Release);
+    }
+
+    /// Whether the link is alive: not reported dead, and its channels open as far as lapin
+    /// knows (a connection the broker closed is seen here before any loop reports it).
+    pub(crate) fn is_live(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+            && self.client.status().connected()
+            && self.server.status().connected()
+            && self.connection.as_ref().map_or(true, |c| c.status().connected())
     }
 
     /// Whether the `Rpc` owns this link's connection.
@@ -197,7 +309,32 @@ impl Link {
         self.connection.is_some()
     }
 
-    /// Declares method queue `name` (aio-pika's arguments) and starts consuming it.
+    /// Claims method queue `name` on this link before its consumer is started; `None` when it
+    /// is consumed, or being started, already.
+    pub(crate) fn claim(&self, name: &str) -> Option<Claim<'_>> {
+        let mut consumers = self.lock_consumers();
+        if consumers.contains_key(name) {
+            return None;
+        }
+        let id = self.claims.fetch_add(1, Ordering::Relaxed);
+        consumers.insert(name.to_owned(), Slot::Starting(id));
+        Some(Claim { link: self, name: name.to_owned(), id, filled: false })
+    }
+
+    /// Records `tag` as the consumer of method `name` in place of the one the broker cancelled;
+    /// `false` when the method is no longer consumed here ([`Link::cancel_method`]).
+    pub(crate) fn replace_consumer(&self, name: &str, tag: ShortString) -> bool {
+        match self.lock_consumers().get_mut(name) {
+            Some(slot @ Slot::Consuming(_)) => {
+                *slot = Slot::Consuming(tag);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Declares method queue `name` (aio-pika's arguments) and starts consuming it. The caller
+    /// records the consumer ([`Claim::fill`], [`Link::replace_consumer`]).
     pub(crate) async fn consume_method(&self, name: &ShortString) -> Result<Consumer, Error> {
         let options =
             QueueDeclareOptions { durable: false, exclusive: false, auto_delete: false, ..Default::default() };
@@ -225,7 +362,6 @@ impl Link {
             .basic_consume(name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(|e| Error::broker(format!("consuming queue '{name}'"), e))?;
-        self.consumers.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), consumer.tag());
         Ok(consumer)
     }
 
@@ -253,27 +389,32 @@ impl Link {
         Some(published.await)
     }
 
-    /// Stops consuming method queue `name`; its consumer stream ends after the deliveries it
-    /// already holds.
+    /// Stops consuming method queue `name` (withdrawing a claim on it, whose consumer is then
+    /// cancelled by its claimant); its consumer stream ends after the deliveries it already
+    /// holds.
     pub(crate) async fn cancel_method(&self, name: &str) -> Result<(), Error> {
-        let tag = self.consumers.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        if let Some(tag) = tag {
-            self.server
-                .basic_cancel(tag, BasicCancelOptions::default())
+        let slot = self.lock_consumers().remove(name);
+        if let Some(Slot::Consuming(tag)) = slot {
+            self.cancel_consumer(tag)
                 .await
                 .map_err(|e| Error::broker(format!("cancelling the consumer of '{name}'"), e))?;
         }
         Ok(())
     }
 
-    /// Whether `name` is consumed on this link.
-    pub(crate) fn consumes(&self, name: &str) -> bool {
-        self.consumers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+    /// Cancels one consumer on the serving channel.
+    pub(crate) async fn cancel_consumer(&self, tag: ShortString) -> Result<(), lapin::Error> {
+        self.server.basic_cancel(tag, BasicCancelOptions::default()).await
     }
 
-    /// Method names consumed on this link.
+    /// Whether `name` is consumed (or being started) on this link.
+    pub(crate) fn consumes(&self, name: &str) -> bool {
+        self.lock_consumers().contains_key(name)
+    }
+
+    /// Method names consumed (or being started) on this link.
     pub(crate) fn consumed(&self) -> Vec<String> {
-        self.consumers.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.lock_consumers().keys().cloned().collect()
     }
 
     /// Stops the reply consumer and deletes the reply queue (the reply loop then ends).

@@ -1,22 +1,22 @@
-//! [`Rpc`]: the handle users hold, and the state its clones and background tasks share.
+//! [`Rpc`]: the handle users hold, and [`RpcBuilder`]. What the handles share, and the
+//! link's life, belong to the session (`session.rs`).
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::{Channel, ConnectionProperties, Consumer};
+use lapin::{Channel, ConnectionProperties};
 use rpc_core::handler::{from_async, from_blocking};
-use rpc_core::{Args, BlockingPool, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
+use rpc_core::layer::{self, ServerStack};
+use rpc_core::{Args, BlockingPool, Context, Handler, MethodHandler, Reply, Request, RpcError, Service, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use serde_json::Value;
 
-use crate::client::{self, Pending};
-use crate::link::Link;
-use crate::{server, wire, CallOptions, Codec, Error, RpcConfig};
+use crate::client::{self, Call};
+use crate::server::WrapStack;
+use crate::session::Session;
+use crate::{CallOptions, Codec, Error, RpcConfig};
 
 /// Request/reply RPC over RabbitMQ: calls remote methods and serves local ones.
 ///
@@ -34,7 +34,7 @@ use crate::{server, wire, CallOptions, Codec, Error, RpcConfig};
 /// them.
 #[derive(Clone)]
 pub struct Rpc {
-    shared: Arc<Shared>,
+    session: Arc<Session>,
     defaults: CallOptions,
 }
 
@@ -66,6 +66,17 @@ impl std::fmt::Debug for Rpc {
 pub struct RpcBuilder {
     config: RpcConfig,
     properties: ConnectionProperties,
+    layers: Layers,
+}
+
+/// The server-side layers of an [`RpcBuilder`], innermost first.
+#[derive(Clone, Default)]
+struct Layers(Vec<WrapStack>);
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} layer(s)", self.0.len())
+    }
 }
 
 impl RpcBuilder {
@@ -152,16 +163,45 @@ impl RpcBuilder {
         self
     }
 
+    /// Runs every request the `Rpc` serves through `layer` (a tower [`Layer`](tower::Layer)
+    /// around the server's dispatch, like `MemoryTransport::layer`); the last layer added runs
+    /// first.
+    ///
+    /// The request a layer sees names the method queue (`service.method`, or `method` for a
+    /// plain registered name), carries the decoded named arguments and the context rebuilt
+    /// from the message's headers (the caller's deadline, trace id and metadata); below the
+    /// layers, the handler runs under the run policy with the deadline capped by `max_run`.
+    /// Requests refused before decoding (bad content type, body too large, bad context
+    /// headers, a passed deadline, poison) are answered without reaching the stack.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), rpc_transport_amqp::Error> {
+    /// use rpc_core::layer::auth::AuthLayer;
+    /// use rpc_transport_amqp::Rpc;
+    /// let rpc = Rpc::builder()
+    ///     .layer(AuthLayer::new("authorization", |token: &str| token == "Bearer s3cret"))
+    ///     .connect("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .await?;
+    /// # let _ = rpc; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn layer<L, S>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<ServerStack, Service = S> + Send + Sync + 'static,
+        S: tower::Service<Request, Response = Value, Error = RpcError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        self.layers.0.push(Arc::new(move |stack| layer::wrap(stack, &layer)));
+        self
+    }
+
     /// An `Rpc` on a channel the caller owns; see [`Rpc::create`].
     ///
     /// # Errors
     /// [`Error::Broker`] when the broker refuses the set-up.
     pub async fn create(self, channel: Channel) -> Result<Rpc, Error> {
-        let shared = Shared::new(self.config, None);
-        let generation = shared.next_generation();
-        let (link, consumer) = Link::on_channel(channel, &shared.config, generation).await?;
-        shared.install(link, consumer).await?;
-        Ok(Rpc { shared, defaults: CallOptions::default() })
+        let session = Session::create(self.config, &self.layers.0, channel).await?;
+        Ok(Rpc { session, defaults: CallOptions::default() })
     }
 
     /// An `Rpc` that opens and owns its connection; see [`Rpc::connect`].
@@ -170,11 +210,8 @@ impl RpcBuilder {
     /// [`Error::InvalidUrl`], [`Error::Connect`] or [`Error::ConnectTimeout`] (password
     /// redacted), or [`Error::Broker`].
     pub async fn connect(self, url: &str) -> Result<Rpc, Error> {
-        let shared = Shared::new(self.config, Some((url.to_owned(), self.properties)));
-        let generation = shared.next_generation();
-        let (link, consumer) = Link::connect(url, shared.reconnect_properties(), &shared.config, generation).await?;
-        shared.install(link, consumer).await?;
-        Ok(Rpc { shared, defaults: CallOptions::default() })
+        let session = Session::connect(self.config, &self.layers.0, url, self.properties).await?;
+        Ok(Rpc { session, defaults: CallOptions::default() })
     }
 }
 
@@ -215,7 +252,7 @@ impl Rpc {
     /// queue exists with other arguments), [`Error::NotConnected`] on a lost channel,
     /// [`Error::Closed`].
     pub async fn register(&self, name: &str, handler: impl Handler) -> Result<(), Error> {
-        self.shared.register(name, Arc::new(handler)).await
+        self.session.register(name, Arc::new(handler)).await
     }
 
     /// Serves an async function taking one `Deserialize` struct of named arguments.
@@ -267,7 +304,7 @@ impl Rpc {
         let mut done: Vec<String> = Vec::new();
         for handler in MethodHandler::all(Arc::new(service)) {
             let name = String::from(Handler::target(&handler));
-            if let Err(e) = self.shared.register(&name, Arc::new(handler)).await {
+            if let Err(e) = self.session.register(&name, Arc::new(handler)).await {
                 for name in &done {
                     let _ = self.unregister(name).await;
                 }
@@ -283,10 +320,13 @@ impl Rpc {
     /// # Errors
     /// [`Error::NotRegistered`], or [`Error::Broker`] if the cancel fails.
     pub async fn unregister(&self, name: &str) -> Result<(), Error> {
-        self.shared.unregister(name).await
+        self.session.unregister(name).await
     }
 
     /// Calls `method` (the routing key) with named arguments and decodes the result as `T`.
+    ///
+    /// Made from a handler, the call carries the handler's trace id and metadata and ends by
+    /// the handler's deadline ([`Context::for_outgoing_call`]).
     ///
     /// ```no_run
     /// # async fn run(rpc: rpc_transport_amqp::Rpc) -> Result<(), rpc_core::RpcError> {
@@ -313,7 +353,13 @@ impl Rpc {
         args: Args,
         options: CallOptions,
     ) -> Result<T, RpcError> {
-        let reply = client::call(&self.shared, method, args, options.or(self.defaults)).await?;
+        let options = options.or(self.defaults);
+        // Inside a handler, the call carries the handler's trace id and metadata, and never
+        // outlives its deadline.
+        let context = Context::for_outgoing_call();
+        let timeout = options.timeout.unwrap_or(self.session.config.timeout);
+        let timeout = context.remaining().map_or(timeout, |left| left.min(timeout));
+        let reply = self.send(Call { method, args, context, timeout, codec: self.codec(options) }).await?;
         reply.decode(method)
     }
 
@@ -321,39 +367,38 @@ impl Rpc {
     /// `options` unless a call says otherwise, e.g. JSON for a typed client talking to
     /// aio-pika.
     pub fn with_options(&self, options: CallOptions) -> Rpc {
-        Rpc { shared: Arc::clone(&self.shared), defaults: options.or(self.defaults) }
+        Rpc { session: Arc::clone(&self.session), defaults: options.or(self.defaults) }
     }
 
     /// The current reply queue's name, while connected.
     pub fn reply_queue(&self) -> Option<String> {
-        self.shared.current().map(|link| link.reply_queue.to_string())
+        self.session.current().map(|link| link.reply_queue.to_string())
     }
 
     /// Whether the link to the broker is up.
     pub fn is_connected(&self) -> bool {
-        self.shared.current().is_some()
+        self.session.current().is_some()
     }
 
     /// Waits until the link to the broker is up (after a reconnection), at most `timeout`.
     /// Returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let mut rx = self.shared.connected.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|generation| *generation != 0)).await.is_ok_and(|r| r.is_ok())
+        self.session.wait_connected(timeout).await
     }
 
     /// How many calls are waiting for their reply.
     pub fn pending_calls(&self) -> usize {
-        self.shared.pending.len()
+        self.session.pending().len()
     }
 
     /// The names this `Rpc` serves.
     pub fn registered(&self) -> Vec<String> {
-        self.shared.handlers().into_iter().map(|(name, _)| name).collect()
+        self.session.registered()
     }
 
     /// The settings.
     pub fn config(&self) -> &RpcConfig {
-        &self.shared.config
+        &self.session.config
     }
 
     /// Shuts down gracefully: stops consuming, waits (up to
@@ -364,314 +409,30 @@ impl Rpc {
     /// # Errors
     /// None at present; the signature leaves room for a broker refusing the close.
     pub async fn close(&self) -> Result<(), Error> {
-        self.shared.close().await;
+        self.session.close().await;
         Ok(())
+    }
+
+    fn codec(&self, options: CallOptions) -> Codec {
+        options.codec.unwrap_or(self.session.config.codec)
+    }
+
+    /// Publishes `call` on the live link and waits for its reply.
+    async fn send(&self, call: Call<'_>) -> Result<Reply, RpcError> {
+        let session = &self.session;
+        client::call(session.link(), session.pending(), session.body_limit(), call).await
     }
 }
 
 impl Transport for Rpc {
-    /// Routing key `service.method` (just `method` when `service` is empty).
+    /// Routing key `service.method` (just `method` when `service` is empty); the request's
+    /// context travels in headers (deadline, trace id, metadata: `docs/AMQP.md`).
     async fn call(&self, request: Request) -> Result<Reply, RpcError> {
         let key = if request.service.is_empty() { request.method.clone() } else { request.target() };
         let options = CallOptions { timeout: request.context.remaining(), codec: None }.or(self.defaults);
-        client::call(&self.shared, &key, request.args, options).await
-    }
-}
-
-enum State {
-    Up(Arc<Link>),
-    Down,
-    /// Keeps the last link: dropping the last clone of a caller's channel makes lapin close
-    /// it in the background, which would race the caller's own `Connection::close`.
-    Closed(#[allow(dead_code)] Option<Arc<Link>>),
-}
-
-/// What the handles and the background tasks of one `Rpc` share.
-pub(crate) struct Shared {
-    pub(crate) config: RpcConfig,
-    /// Where to reconnect to; `None` for an `Rpc` on a caller's channel.
-    reconnect: Option<(String, ConnectionProperties)>,
-    state: Mutex<State>,
-    pub(crate) pending: Pending,
-    handlers: Mutex<BTreeMap<String, Arc<dyn Handler>>>,
-    /// Requests being handled plus consumer loops alive: `close` waits for zero.
-    inflight: watch::Sender<usize>,
-    /// Generation of the live link, 0 while down.
-    connected: watch::Sender<u64>,
-    closing: AtomicBool,
-    generations: AtomicU64,
-    /// The broker's `max_message_size`, once a refusal has named it (`usize::MAX` until then).
-    broker_limit: AtomicUsize,
-    /// What the server remembers to recognise poison requests.
-    pub(crate) casualties: server::Casualties,
-}
-
-/// Counts one unit of work in [`Shared::inflight`] while alive.
-pub(crate) struct InflightGuard(Arc<Shared>);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.inflight.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-impl Shared {
-    fn new(config: RpcConfig, reconnect: Option<(String, ConnectionProperties)>) -> Arc<Shared> {
-        Arc::new(Shared {
-            config,
-            reconnect,
-            state: Mutex::new(State::Down),
-            pending: Pending::default(),
-            handlers: Mutex::new(BTreeMap::new()),
-            inflight: watch::Sender::new(0),
-            connected: watch::Sender::new(0),
-            closing: AtomicBool::new(false),
-            generations: AtomicU64::new(0),
-            broker_limit: AtomicUsize::new(usize::MAX),
-            casualties: server::Casualties::default(),
-        })
-    }
-
-    /// The largest body sent, request or reply: `max_body_size`, or the broker's own limit
-    /// once known.
-    pub(crate) fn body_limit(&self) -> usize {
-        self.config.max_body_size.min(self.broker_limit.load(Ordering::Relaxed))
-    }
-
-    /// Remembers the broker's size limit when `reason` (a refusal, a channel closed by the
-    /// broker) names it.
-    pub(crate) fn learn_broker_limit(&self, reason: &str) {
-        if let Some(limit) = wire::refused_size_limit(reason) {
-            if self.broker_limit.fetch_min(limit, Ordering::Relaxed) > limit {
-                warn!(
-                    max_message_size = limit,
-                    "the broker refuses messages over {limit} bytes; bodies are bounded by it from now on"
-                );
-            }
-        }
-    }
-
-    fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn reconnect_properties(&self) -> ConnectionProperties {
-        self.reconnect.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
-    }
-
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn inflight_guard(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.send_modify(|n| *n += 1);
-        InflightGuard(Arc::clone(self))
-    }
-
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn current(&self) -> Option<Arc<Link>> {
-        match &*self.lock_state() {
-            State::Up(link) => Some(Arc::clone(link)),
-            _ => None,
-        }
-    }
-
-    /// The live link, for a call.
-    /// Whether `generation` is the live link.
-    pub(crate) fn is_live(&self, generation: u64) -> bool {
-        matches!(&*self.lock_state(), State::Up(link) if link.generation == generation)
-    }
-
-    pub(crate) fn link(&self) -> Result<Arc<Link>, RpcError> {
-        match &*self.lock_state() {
-            State::Up(link) => Ok(Arc::clone(link)),
-            State::Closed(_) => Err(RpcError::Closed),
-            State::Down if self.reconnect.is_some() => {
-                Err(RpcError::Transport { message: "not connected to the broker (reconnecting)".into(), source: None })
-            }
-            State::Down => {
-                Err(RpcError::Transport { message: "the channel to the broker was lost".into(), source: None })
-            }
-        }
-    }
-
-    fn handlers(&self) -> Vec<(String, Arc<dyn Handler>)> {
-        let handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
-        handlers.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()
-    }
-
-    pub(crate) fn is_registered(&self, name: &str) -> bool {
-        self.handlers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(name)
-    }
-
-    /// Makes `link` the live link and starts its reply loop and one consumer per handler.
-    async fn install(self: &Arc<Self>, link: Link, replies: Consumer) -> Result<(), Error> {
-        let link = Arc::new(link);
-        let closed = {
-            let mut state = self.lock_state();
-            let closed = matches!(*state, State::Closed(_));
-            if !closed {
-                *state = State::Up(Arc::clone(&link));
-            }
-            closed
-        };
-        if closed {
-            link.close_connection().await;
-            return Err(Error::Closed);
-        }
-        // Up before the reply loop starts, so a link dying at once is seen as lost.
-        tokio::spawn(client::reply_loop(Arc::clone(self), Arc::clone(&link), replies));
-        if !self.config.publisher_confirms {
-            tokio::spawn(client::return_loop(Arc::clone(self), Arc::clone(&link)));
-        }
-        for (name, handler) in self.handlers() {
-            if let Err(e) = self.start_serving(&link, &name, handler).await {
-                warn!(method = %name, error = %e, "cannot consume a method queue after (re)connecting");
-                self.link_lost(link.generation, format!("consuming '{name}': {e}"));
-                return Err(e);
-            }
-        }
-        self.connected.send_replace(link.generation);
-        if link.generation > 1 {
-            info!(generation = link.generation, "reconnected to the broker");
-        }
-        Ok(())
-    }
-
-    async fn start_serving(
-        self: &Arc<Self>,
-        link: &Arc<Link>,
-        name: &str,
-        handler: Arc<dyn Handler>,
-    ) -> Result<(), Error> {
-        let key = wire::short(name).map_err(|reason| Error::invalid_name(name, reason))?;
-        if link.consumes(name) {
-            return Ok(());
-        }
-        let consumer = link.consume_method(&key).await?;
-        tokio::spawn(server::serve_queue(Arc::clone(self), Arc::clone(link), name.to_owned(), handler, consumer));
-        Ok(())
-    }
-
-    async fn register(self: &Arc<Self>, name: &str, handler: Arc<dyn Handler>) -> Result<(), Error> {
-        if name.is_empty() {
-            return Err(Error::invalid_name(name, "empty (the broker would name the queue itself)"));
-        }
-        wire::short(name).map_err(|reason| Error::invalid_name(name, reason))?;
-        if self.is_closing() {
-            return Err(Error::Closed);
-        }
-        {
-            let mut handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
-            if handlers.contains_key(name) {
-                return Err(Error::AlreadyRegistered(name.to_owned()));
-            }
-            handlers.insert(name.to_owned(), Arc::clone(&handler));
-        }
-        let outcome = match self.link() {
-            Ok(link) => self.start_serving(&link, name, handler).await,
-            // Consumed as soon as the link is back.
-            Err(RpcError::Transport { .. }) if self.reconnect.is_some() => Ok(()),
-            Err(RpcError::Closed) => Err(Error::Closed),
-            Err(_) => Err(Error::NotConnected),
-        };
-        if outcome.is_err() {
-            self.handlers.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        }
-        outcome
-    }
-
-    async fn unregister(&self, name: &str) -> Result<(), Error> {
-        if self.handlers.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_none() {
-            return Err(Error::NotRegistered(name.to_owned()));
-        }
-        match self.current() {
-            Some(link) => link.cancel_method(name).await,
-            None => Ok(()),
-        }
-    }
-
-    /// The link of `generation` died: fail every pending call at once and, for an `Rpc`
-    /// that owns its connection, reconnect in the background.
-    pub(crate) fn link_lost(self: &Arc<Self>, generation: u64, reason: String) {
-        let old = {
-            let mut state = self.lock_state();
-            match &*state {
-                State::Up(link) if link.generation == generation => {
-                    let old = Arc::clone(link);
-                    *state = State::Down;
-                    old
-                }
-                _ => return,
-            }
-        };
-        self.connected.send_replace(0);
-        warn!(generation, reason = %reason, "lost the link to the broker; failing pending calls");
-        self.casualties.link_lost(generation, &reason);
-        self.learn_broker_limit(&reason);
-        let message = format!("connection to the broker lost: {reason}");
-        self.pending.fail_all(|| RpcError::Transport { message: message.clone(), source: None });
-        if self.reconnect.is_some() && !self.is_closing() {
-            let shared = Arc::clone(self);
-            tokio::spawn(async move {
-                // The old connection may be half alive (a cancelled consumer): let it go.
-                old.close_connection().await;
-                shared.reconnect_loop().await;
-            });
-        }
-    }
-
-    async fn reconnect_loop(self: Arc<Self>) {
-        let Some((url, _)) = &self.reconnect else { return };
-        let mut delay = self.config.reconnect_delay;
-        loop {
-            if self.is_closing() {
-                return;
-            }
-            let generation = self.next_generation();
-            match Link::connect(url, self.reconnect_properties(), &self.config, generation).await {
-                Ok((link, replies)) => match self.install(link, replies).await {
-                    Ok(()) | Err(Error::Closed) => return,
-                    // `install` reported the loss itself, which started a new loop.
-                    Err(_) => return,
-                },
-                Err(e) => {
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnecting to the broker failed")
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2).min(self.config.reconnect_max_delay);
-        }
-    }
-
-    async fn close(self: &Arc<Self>) {
-        if self.closing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let link = self.current();
-        if let Some(link) = &link {
-            for name in link.consumed() {
-                if let Err(e) = link.cancel_method(&name).await {
-                    warn!(method = %name, error = %e, "cancelling a consumer during close");
-                }
-            }
-        }
-        let mut inflight = self.inflight.subscribe();
-        if tokio::time::timeout(self.config.shutdown_grace, inflight.wait_for(|n| *n == 0)).await.is_err() {
-            warn!(in_flight = *inflight.borrow(), "closing with requests still in flight after the grace period");
-        }
-        *self.lock_state() = State::Closed(link.clone());
-        self.connected.send_replace(0);
-        self.pending.fail_all(|| RpcError::Closed);
-        if let Some(link) = link {
-            if link.owns_connection() {
-                link.close_connection().await;
-            } else {
-                link.close_reply_queue().await;
-            }
-        }
+        let timeout = options.timeout.unwrap_or(self.session.config.timeout);
+        let call =
+            Call { method: &key, args: request.args, context: request.context, timeout, codec: self.codec(options) };
+        self.send(call).await
     }
 }

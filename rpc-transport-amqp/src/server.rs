@@ -5,6 +5,11 @@
 //! [`Reply::new`], so none is larger than the limit; and a request that comes back after
 //! costing the server its link is answered with a `poison` error, not run forever
 //! ([`Casualties`]).
+//!
+//! The serving loops read from one [`Link`] and report its death to it
+//! ([`Link::report_lost`]); what they share with the session is [`Serving`], and each knows
+//! its method's [`Registration`], whose signal fires when the method is unregistered or the
+//! `Rpc` closes.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -12,83 +17,279 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
-use lapin::Consumer;
-use rpc_core::{run, Args, Context, Handler, RpcError};
+use lapin::{BasicProperties, Consumer};
+use rpc_core::layer::{self, ServerStack};
+use rpc_core::{run, Args, Context, Handler, Request, RpcError};
 use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneSyncService;
 use tracing::{debug, error, info, warn};
 
 use crate::codec::error_body;
-use crate::config::DIRECT_REPLY_MAX;
+use crate::config::{BodyLimit, DIRECT_REPLY_MAX};
 use crate::link::Link;
-use crate::rpc::Shared;
-use crate::{wire, Codec};
+use crate::{wire, Codec, RpcConfig};
+
+/// What the serving loops of one `Rpc` share with each other and with its session.
+pub(crate) struct Serving {
+    pub(crate) config: Arc<RpcConfig>,
+    /// The largest reply sent.
+    pub(crate) limit: Arc<BodyLimit>,
+    /// What the server remembers to recognise poison requests.
+    pub(crate) casualties: Casualties,
+    /// Requests being handled plus consumer loops alive: `close` waits for zero.
+    inflight: watch::Sender<usize>,
+    /// Every request served goes through it; its innermost service is [`Dispatch`].
+    stack: ServerStack,
+    /// The handlers of the requests being served, for [`Dispatch`].
+    table: Arc<HandlerTable>,
+}
+
+/// Wraps an `Rpc`'s server stack in one layer (`RpcBuilder::layer`).
+pub(crate) type WrapStack = Arc<dyn Fn(ServerStack) -> ServerStack + Send + Sync>;
+
+/// Counts one unit of work in [`Serving::inflight`] while alive.
+struct InflightGuard(Arc<Serving>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Serving {
+    /// The serving state of an `Rpc` whose server stack is [`Dispatch`] wrapped in `layers`
+    /// (the last one outermost).
+    pub(crate) fn new(config: Arc<RpcConfig>, limit: Arc<BodyLimit>, layers: &[WrapStack]) -> Self {
+        let table = Arc::new(HandlerTable::default());
+        let dispatch = Dispatch { table: Arc::clone(&table), config: Arc::clone(&config) };
+        let stack = layers.iter().fold(BoxCloneSyncService::new(dispatch), |stack, wrap| wrap(stack));
+        Serving { config, limit, casualties: Casualties::default(), inflight: watch::Sender::new(0), stack, table }
+    }
+
+    fn inflight_guard(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.send_modify(|n| *n += 1);
+        InflightGuard(Arc::clone(self))
+    }
+
+    /// Waits until no request is being handled and no consumer loop holds deliveries, at most
+    /// `grace`; how many are left when it gives up.
+    pub(crate) async fn drained(&self, grace: Duration) -> Result<(), usize> {
+        let mut inflight = self.inflight.subscribe();
+        let drained = tokio::time::timeout(grace, inflight.wait_for(|n| *n == 0)).await.is_ok();
+        if drained {
+            Ok(())
+        } else {
+            Err(*inflight.borrow())
+        }
+    }
+}
+
+/// One registered method: its handler, and a signal that fires when it is unregistered or the
+/// `Rpc` closes. Clones share the signal.
+#[derive(Clone)]
+pub(crate) struct Registration {
+    pub(crate) handler: Arc<dyn Handler>,
+    ended: CancellationToken,
+}
+
+impl Registration {
+    /// A registration of `handler` that also ends when `parent` fires (the `Rpc` closing).
+    pub(crate) fn new(handler: Arc<dyn Handler>, parent: &CancellationToken) -> Self {
+        Registration { handler, ended: parent.child_token() }
+    }
+
+    /// Whether the method is still registered.
+    pub(crate) fn is_active(&self) -> bool {
+        !self.ended.is_cancelled()
+    }
+
+    /// Ends the registration: its serving loops stop re-declaring the queue.
+    pub(crate) fn end(&self) {
+        self.ended.cancel();
+    }
+
+    /// Whether `other` is this registration (or a clone of it).
+    pub(crate) fn is(&self, other: &Registration) -> bool {
+        Arc::ptr_eq(&self.handler, &other.handler)
+    }
+}
+
+/// The handlers of the requests being served, by method queue name: each request holds its
+/// handler here while it goes through the stack, so [`Dispatch`] finds the handler of the
+/// consumer that took it, even after an `unregister`.
+#[derive(Default)]
+struct HandlerTable {
+    /// Queue name -> the handler, and how many requests hold it.
+    entries: Mutex<HashMap<String, TableEntry>>,
+}
+
+/// A [`HandlerTable`] entry.
+struct TableEntry {
+    handler: Arc<dyn Handler>,
+    holders: usize,
+}
+
+/// A request's hold on its handler in the [`HandlerTable`].
+struct Holding<'a> {
+    table: &'a HandlerTable,
+    name: &'a str,
+}
+
+impl HandlerTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TableEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `handler` for queue `name` until the holding drops (the latest holder's handler
+    /// answers while requests of two registrations of one name overlap).
+    fn hold<'a>(&'a self, name: &'a str, handler: &Arc<dyn Handler>) -> Holding<'a> {
+        let mut entries = self.lock();
+        let entry =
+            entries.entry(name.to_owned()).or_insert_with(|| TableEntry { handler: Arc::clone(handler), holders: 0 });
+        entry.handler = Arc::clone(handler);
+        entry.holders += 1;
+        Holding { table: self, name }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.lock().get(name).map(|held| Arc::clone(&held.handler))
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut entries = self.table.lock();
+        if let Some(entry) = entries.get_mut(self.name) {
+            entry.holders -= 1;
+            if entry.holders == 0 {
+                entries.remove(self.name);
+            }
+        }
+    }
+}
+
+/// The innermost service of an `Rpc`'s server stack: runs the handler of the request's method
+/// queue (`service.method`, or the bare method name) under the run policy, its deadline
+/// capped by `max_run`.
+#[derive(Clone)]
+struct Dispatch {
+    table: Arc<HandlerTable>,
+    config: Arc<RpcConfig>,
+}
+
+impl tower::Service<Request> for Dispatch {
+    type Response = Value;
+    type Error = RpcError;
+    type Future = BoxFuture<'static, Result<Value, RpcError>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), RpcError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let name = queue_name(&request);
+        let handler = self.table.get(&name);
+        let config = Arc::clone(&self.config);
+        async move {
+            let Some(handler) = handler else {
+                return Err(RpcError::Unavailable { target: name, reason: "this server does not serve it".into() });
+            };
+            let Request { args, context, .. } = request;
+            let ctx = run::effective_context(context, Some(config.max_run));
+            let pool = &config.blocking_pool;
+            run::run(handler.target(), &ctx, async { handler.call(args, &ctx, pool)?.await }).await
+        }
+        .boxed()
+    }
+}
+
+/// The method queue a request is for: `service.method`, or `method` when the service is empty.
+fn queue_name(request: &Request) -> String {
+    if request.service.is_empty() {
+        request.method.clone()
+    } else {
+        request.target()
+    }
+}
+
+/// The request for method queue `name`: `calculator.calculate` is method `calculate` of
+/// service `calculator`; a name without a dot is a bare method (`sleep`).
+fn request_for(name: &str, args: Args, context: Context) -> Request {
+    let (service, method) = name.split_once('.').unwrap_or(("", name));
+    Request::new(service, method, args).with_context(context)
+}
 
 /// Consumes method queue `name` until cancelled or the link dies. When the broker cancels
 /// the consumer while the method is still registered (its queue was deleted), declares the
 /// queue again and goes on serving.
 pub(crate) async fn serve_queue(
-    shared: Arc<Shared>,
+    serving: Arc<Serving>,
     link: Arc<Link>,
     name: String,
-    handler: Arc<dyn Handler>,
+    registration: Registration,
     mut consumer: Consumer,
 ) {
     loop {
         // `close` waits for this loop too: deliveries it still holds get answered.
-        let alive = shared.inflight_guard();
+        let alive = serving.inflight_guard();
         while let Some(item) = consumer.next().await {
             match item {
                 Ok(delivery) => {
-                    let guard = shared.inflight_guard();
-                    let (shared, link, handler) = (Arc::clone(&shared), Arc::clone(&link), Arc::clone(&handler));
+                    let guard = serving.inflight_guard();
+                    let (serving, link, name) = (Arc::clone(&serving), Arc::clone(&link), name.clone());
+                    let handler = Arc::clone(&registration.handler);
                     tokio::spawn(async move {
-                        handle(&shared, &link, handler.as_ref(), delivery).await;
+                        handle(&serving, &link, &name, &handler, delivery).await;
                         drop(guard);
                     });
                 }
                 Err(e) => {
                     warn!(method = %name, error = %e, "method consumer failed");
-                    shared.link_lost(link.generation, e.to_string());
+                    link.report_lost(e.to_string());
                     return;
                 }
             }
         }
         drop(alive);
-        if !still_serving(&shared, &link, &name) || !link.consumes(&name) {
+        if !still_serving(&registration, &link) || !link.consumes(&name) {
             return;
         }
         warn!(method = %name, "the broker cancelled the consumer (queue deleted?); declaring the queue again");
-        match resume(&shared, &link, &name).await {
+        match resume(&serving, &link, &name, &registration).await {
             Some(again) => consumer = again,
             None => return,
         }
     }
 }
 
-/// Whether `name` should still be served on `link`.
-fn still_serving(shared: &Shared, link: &Link, name: &str) -> bool {
-    !shared.is_closing() && shared.is_registered(name) && shared.is_live(link.generation)
+/// Whether the method of `registration` should still be served on `link`.
+fn still_serving(registration: &Registration, link: &Link) -> bool {
+    registration.is_active() && link.is_live()
 }
 
 /// Declares method queue `name` again and consumes it, retrying with backoff
 /// (`reconnect_delay`) until it works, the method is unregistered, the link dies or the
 /// `Rpc` closes.
-async fn resume(shared: &Shared, link: &Link, name: &str) -> Option<Consumer> {
+async fn resume(serving: &Serving, link: &Link, name: &str, registration: &Registration) -> Option<Consumer> {
     let key = wire::short(name).ok()?;
-    let mut delay = shared.config.reconnect_delay;
+    let mut delay = serving.config.reconnect_delay;
     loop {
         match link.consume_method(&key).await {
-            Ok(consumer) if still_serving(shared, link, name) => {
+            Ok(consumer) if still_serving(registration, link) && link.replace_consumer(name, consumer.tag()) => {
                 info!(method = %name, "method queue declared again; serving it");
                 return Some(consumer);
             }
             // Unregistered meanwhile: the new consumer must not outlive the registration.
-            Ok(_) => {
-                let _ = link.cancel_method(name).await;
+            Ok(consumer) => {
+                let _ = link.cancel_consumer(consumer.tag()).await;
                 return None;
             }
             Err(e) => warn!(
@@ -99,15 +300,15 @@ async fn resume(shared: &Shared, link: &Link, name: &str) -> Option<Consumer> {
             ),
         }
         tokio::time::sleep(delay).await;
-        if !still_serving(shared, link, name) {
+        if !still_serving(registration, link) {
             return None;
         }
-        delay = delay.saturating_mul(2).min(shared.config.reconnect_max_delay);
+        delay = delay.saturating_mul(2).min(serving.config.reconnect_max_delay);
     }
 }
 
-/// Answers one request, then acks it.
-async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: Delivery) {
+/// Answers one request taken from method queue `name`, then acks it.
+async fn handle(serving: &Serving, link: &Link, name: &str, handler: &Arc<dyn Handler>, delivery: Delivery) {
     let target = handler.target();
     let props = &delivery.properties;
     let Some(reply_to) = props.reply_to().clone() else {
@@ -117,11 +318,11 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
         ack(&delivery, target).await;
         return;
     };
-    let casualties = &shared.casualties;
+    let casualties = &serving.casualties;
     let key = casualties.key(target, &delivery);
     let _held = casualties.hold(link.generation, delivery.delivery_tag, key);
     let verdict = if delivery.redelivered { casualties.verdict(key) } else { None };
-    let limit = shared.body_limit();
+    let limit = serving.limit.get();
     let reply = match verdict {
         Some(poison) => {
             warn!(method = %target, "redelivered request refused as poison (acked, not run again)");
@@ -129,7 +330,7 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
             Reply::new(codec, Err(poison.error(target)), target, limit)
         }
         None => {
-            let (codec, outcome) = evaluate(shared, handler, &delivery).await;
+            let (codec, outcome) = evaluate(serving, name, handler, &delivery).await;
             Reply::new(codec, outcome, target, limit)
         }
     };
@@ -138,7 +339,7 @@ async fn handle(shared: &Shared, link: &Link, handler: &dyn Handler, delivery: D
         // The link is intact (a large reply is refused on a channel of its own), so a short
         // error reply (a few hundred bytes, under any broker's limit) still goes out, and the
         // request is acked.
-        shared.learn_broker_limit(reason);
+        serving.limit.learn(reason);
         warn!(method = %target, size = reply.body.len(), reason = %reason, "the broker refused a reply; answering with an error");
         let refusal = Reply::new(reply.codec, Err(refused(target, &reply, reason)), target, limit);
         published = publish(link, &reply_to, &delivery, &refusal).await;
@@ -334,15 +535,28 @@ fn request_codec(target: &str, delivery: &Delivery) -> Result<Codec, RpcError> {
 }
 
 /// Decodes and runs a request: the codec to answer in, and the result.
-async fn evaluate(shared: &Shared, handler: &dyn Handler, delivery: &Delivery) -> (Codec, Result<Value, RpcError>) {
+async fn evaluate(
+    serving: &Serving,
+    name: &str,
+    handler: &Arc<dyn Handler>,
+    delivery: &Delivery,
+) -> (Codec, Result<Value, RpcError>) {
     match request_codec(handler.target(), delivery) {
-        Ok(codec) => (codec, run(shared, handler, delivery, codec).await),
+        Ok(codec) => (codec, serve(serving, name, handler, delivery, codec).await),
         // A content type we do not read is answered in JSON, which every peer reads.
         Err(e) => (Codec::Json, Err(e)),
     }
 }
 
-async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec: Codec) -> Result<Value, RpcError> {
+/// Checks and decodes a request, and runs it through the server stack.
+async fn serve(
+    serving: &Serving,
+    name: &str,
+    handler: &Arc<dyn Handler>,
+    delivery: &Delivery,
+    codec: Codec,
+) -> Result<Value, RpcError> {
+    let config = &serving.config;
     let props = &delivery.properties;
     let target = handler.target();
     if let Some(kind) = props.kind().as_ref().map(|k| k.as_str()).filter(|k| *k != wire::TYPE_CALL) {
@@ -352,23 +566,13 @@ async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec:
         return Err(RpcError::bad_request(format!("{target}: request has no correlation_id")));
     }
     let size = delivery.data.len();
-    if size > shared.config.max_body_size {
+    if size > config.max_body_size {
         return Err(RpcError::bad_request(format!(
             "{target}: request body of {size} bytes exceeds the limit of {} bytes",
-            shared.config.max_body_size
+            config.max_body_size
         )));
     }
-    let now = wire::now_ms();
-    let limit = match wire::deadline_ms(props) {
-        Some(deadline) if deadline <= now => {
-            debug!(method = %target, late_ms = now - deadline, "request skipped: its caller's deadline has passed");
-            return Err(RpcError::deadline(target, wire::expiration(props).unwrap_or_default()));
-        }
-        Some(deadline) => Duration::from_millis(deadline - now),
-        // A foreign caller: its TTL, or our default, bounds the run.
-        None => wire::expiration(props).unwrap_or(shared.config.timeout),
-    }
-    .min(shared.config.max_run);
+    let ctx = request_context(config, target, props)?;
     let args = match codec.decode(&delivery.data) {
         Ok(Value::Object(map)) => Args::Named(map),
         Ok(Value::Null) => Args::Named(Map::new()),
@@ -380,9 +584,8 @@ async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec:
         }
         Err(e) => return Err(RpcError::bad_request(format!("{target}: {e}"))),
     };
-    let ctx = Context::new().with_deadline(limit);
-    let pool = &shared.config.blocking_pool;
-    let outcome = run::run(target, &ctx, async { handler.call(args, &ctx, pool)?.await }).await;
+    let _holding = serving.table.hold(name, handler);
+    let outcome = layer::call(&serving.stack, request_for(name, args, ctx)).await;
     match &outcome {
         Err(e @ RpcError::Panic { .. }) => warn!(method = %target, error = %e, "handler panicked"),
         Err(e @ RpcError::Internal { .. }) => error!(method = %target, error = %e, "handler failed"),
@@ -390,6 +593,28 @@ async fn run(shared: &Shared, handler: &dyn Handler, delivery: &Delivery, codec:
         Ok(_) => {}
     }
     outcome
+}
+
+/// The call's context, rebuilt from the request's headers: the caller's deadline (or, from a
+/// foreign caller, its TTL or our default; [`Dispatch`] caps it by `max_run`), its trace id
+/// and its metadata, checked by the same rules as the caller's own.
+///
+/// # Errors
+/// [`RpcError::DeadlineExceeded`] when the caller's deadline has passed already;
+/// [`RpcError::BadRequest`] naming a header the context cannot take in.
+fn request_context(config: &RpcConfig, target: &str, props: &BasicProperties) -> Result<Context, RpcError> {
+    let now = wire::now_ms();
+    let caller = match wire::deadline_ms(props) {
+        Some(deadline) if deadline <= now => {
+            debug!(method = %target, late_ms = now - deadline, "request skipped: its caller's deadline has passed");
+            return Err(RpcError::deadline(target, wire::expiration(props).unwrap_or_default()));
+        }
+        Some(deadline) => Duration::from_millis(deadline - now),
+        // A foreign caller: its TTL, or our default, bounds the run.
+        None => wire::expiration(props).unwrap_or(config.timeout),
+    };
+    let ctx = wire::request_context(props).map_err(|reason| RpcError::bad_request(format!("{target}: {reason}")))?;
+    Ok(ctx.with_deadline(caller))
 }
 
 fn json_type(value: &Value) -> &'static str {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
+use rpc_core::{Context, Metadata};
 
 use crate::Codec;
 
@@ -23,6 +24,13 @@ pub const TYPE_ERROR: &str = "error";
 pub const HEADER_FROM: &str = "From";
 /// Header carrying the caller's deadline, in milliseconds since the Unix epoch.
 pub const HEADER_DEADLINE: &str = "x-deadline-ms";
+/// Header carrying the call's trace id (a string).
+pub const HEADER_TRACE_ID: &str = "x-rpc-trace-id";
+/// Prefix of the headers carrying the call's metadata, one header per entry:
+/// `x-rpc-meta-authorization: Bearer …` (string values; keys as [`Metadata`] takes them).
+pub const HEADER_METADATA_PREFIX: &str = "x-rpc-meta-";
+/// Longest trace id a server takes in, in bytes.
+pub const MAX_TRACE_ID: usize = 256;
 /// `delivery_mode` of requests: not persistent (a request outliving a broker restart would
 /// find its caller gone).
 pub const TRANSIENT: u8 = 1;
@@ -62,17 +70,28 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The properties of a request.
+/// The properties of a request: aio-pika's, plus the call's deadline (`deadline_ms`, since the
+/// epoch), trace id and metadata from `context` in headers.
 pub fn request_properties(
     codec: Codec,
     correlation_id: &str,
     reply_to: &ShortString,
     timeout: Duration,
     deadline_ms: u64,
+    context: &Context,
 ) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(HEADER_FROM.into(), AMQPValue::LongString(reply_to.as_str().into()));
     headers.insert(HEADER_DEADLINE.into(), AMQPValue::LongLongInt(i64::try_from(deadline_ms).unwrap_or(i64::MAX)));
+    if let Some(id) = context.trace_id() {
+        headers.insert(HEADER_TRACE_ID.into(), AMQPValue::LongString(id.into()));
+    }
+    for (key, value) in context.metadata().iter() {
+        // Keys are at most 64 bytes, so the header name fits a short string.
+        if let Ok(name) = short(&format!("{HEADER_METADATA_PREFIX}{key}")) {
+            headers.insert(name, AMQPValue::LongString(value.into()));
+        }
+    }
     BasicProperties::default()
         .with_content_type(codec.content_type().into())
         .with_correlation_id(correlation_id.into())
@@ -123,6 +142,55 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
 /// The caller's deadline ([`HEADER_DEADLINE`]), in milliseconds since the Unix epoch.
 pub fn deadline_ms(props: &BasicProperties) -> Option<u64> {
     header(props, HEADER_DEADLINE).and_then(as_u64)
+}
+
+/// The trace id and metadata a request carries, in a context without a deadline (the server
+/// sets it).
+///
+/// # Errors
+/// Why a header cannot be taken in: a metadata entry that [`Metadata::insert`] refuses (bad
+/// key or value, too many, too large), a value that is not a string, a trace id longer than
+/// [`MAX_TRACE_ID`] or holding control characters.
+pub(crate) fn request_context(props: &BasicProperties) -> Result<Context, String> {
+    let Some(headers) = props.headers().as_ref() else { return Ok(Context::new()) };
+    let mut metadata = Metadata::new();
+    let mut trace_id = None;
+    for (name, value) in headers.inner() {
+        let name = name.as_str();
+        let shown = || name.chars().take(80).collect::<String>();
+        if name.eq_ignore_ascii_case(HEADER_TRACE_ID) {
+            let id = text(value).ok_or_else(|| format!("header '{}': the trace id must be a string", shown()))?;
+            if id.len() > MAX_TRACE_ID || id.chars().any(char::is_control) {
+                return Err(format!(
+                    "header '{}': the trace id must be at most {MAX_TRACE_ID} bytes of printable text",
+                    shown()
+                ));
+            }
+            trace_id = Some(id);
+        } else if let Some(key) = strip_prefix_ignore_case(name, HEADER_METADATA_PREFIX) {
+            let value = text(value).ok_or_else(|| format!("header '{}': metadata values must be strings", shown()))?;
+            metadata.insert(key, value).map_err(|e| format!("header '{}': {e}", shown()))?;
+        }
+    }
+    let context = Context::new().with_all_metadata(metadata);
+    Ok(match trace_id {
+        Some(id) => context.with_trace_id(id),
+        None => context,
+    })
+}
+
+/// A header's value as text, when it is a (UTF-8) string.
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = name.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &name[prefix.len()..])
 }
 
 /// The `expiration` property (a TTL in milliseconds, as a string), when it parses.
@@ -310,7 +378,8 @@ mod tests {
     #[test]
     fn request_properties_carry_the_aio_pika_fields_and_the_deadline() {
         let reply_to: ShortString = "amq.gen-xyz".into();
-        let props = request_properties(Codec::Json, "id-1", &reply_to, Duration::from_millis(1500), 42);
+        let props =
+            request_properties(Codec::Json, "id-1", &reply_to, Duration::from_millis(1500), 42, &Context::new());
         assert_eq!(props.content_type().as_ref().unwrap().as_str(), "application/json");
         assert_eq!(props.kind().as_ref().unwrap().as_str(), "call");
         assert_eq!(props.correlation_id().as_ref().unwrap().as_str(), "id-1");
@@ -321,11 +390,61 @@ mod tests {
         assert_eq!(expiration(&props), Some(Duration::from_millis(1500)));
         let from = props.headers().as_ref().unwrap().inner().get("From").cloned();
         assert_eq!(from, Some(AMQPValue::LongString("amq.gen-xyz".into())));
+        let names: Vec<String> = props.headers().as_ref().unwrap().inner().keys().map(|k| k.to_string()).collect();
+        assert_eq!(names, ["From", "x-deadline-ms"], "no context headers for an empty context");
+    }
+
+    #[test]
+    fn the_context_travels_in_headers_and_is_read_back() {
+        let context = Context::new().with_trace_id("trace-1").with_metadata("Authorization", "Bearer x").unwrap();
+        let context = context.with_metadata("tenant", "acme").unwrap();
+        let props = request_properties(Codec::Json, "id", &"q".into(), Duration::from_secs(1), 7, &context);
+        let headers = props.headers().as_ref().unwrap().inner();
+        assert_eq!(headers.get("x-rpc-trace-id"), Some(&AMQPValue::LongString("trace-1".into())));
+        assert_eq!(headers.get("x-rpc-meta-authorization"), Some(&AMQPValue::LongString("Bearer x".into())));
+        let read = request_context(&props).unwrap();
+        assert_eq!(read.trace_id(), Some("trace-1"));
+        assert_eq!(read.metadata(), context.metadata());
+        assert_eq!(read.deadline(), None, "the server sets the deadline itself");
+    }
+
+    #[test]
+    fn context_headers_that_break_the_metadata_rules_are_refused_with_the_header_named() {
+        let with = |name: &str, value: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert(name.into(), value);
+            BasicProperties::default().with_headers(headers)
+        };
+        let long = |s: String| AMQPValue::LongString(s.into());
+        let cases = [
+            (with("x-rpc-meta-bad key", long("v".into())), "x-rpc-meta-bad key"),
+            (with("x-rpc-meta-k", long("v".repeat(5000))), "printable text"),
+            (with("x-rpc-meta-k", long("a\nb".into())), "x-rpc-meta-k"),
+            (with("x-rpc-meta-k", AMQPValue::LongLongInt(1)), "must be strings"),
+            (with("x-rpc-trace-id", long("t".repeat(MAX_TRACE_ID + 1))), "at most 256 bytes"),
+            (with("x-rpc-trace-id", AMQPValue::Boolean(true)), "must be a string"),
+        ];
+        for (props, expected) in cases {
+            let error = request_context(&props).unwrap_err();
+            assert!(error.contains(expected), "expected an error mentioning {expected:?}, got {error:?}");
+        }
+        let mut headers = FieldTable::default();
+        for i in 0..=rpc_core::context::MAX_METADATA_ENTRIES {
+            headers.insert(format!("x-rpc-meta-k{i}").into(), long("v".into()));
+        }
+        let error = request_context(&BasicProperties::default().with_headers(headers)).unwrap_err();
+        assert!(error.contains("metadata full"), "expected metadata full, got {error:?}");
+        // Other headers (aio-pika's, the broker's) are not metadata.
+        let props = with("x-death", AMQPValue::Boolean(true));
+        assert!(request_context(&props).unwrap().metadata().is_empty());
+        // Header names are matched without regard to case.
+        let read = request_context(&with("X-Rpc-Meta-Tenant", long("acme".into()))).unwrap();
+        assert_eq!(read.metadata().get("tenant"), Some("acme"));
     }
 
     #[test]
     fn zero_timeout_still_gives_a_positive_ttl() {
-        let props = request_properties(Codec::MsgPack, "id", &"q".into(), Duration::ZERO, 0);
+        let props = request_properties(Codec::MsgPack, "id", &"q".into(), Duration::ZERO, 0, &Context::new());
         assert_eq!(props.expiration().as_ref().unwrap().as_str(), "1");
     }
 

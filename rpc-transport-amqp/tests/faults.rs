@@ -1,6 +1,6 @@
 //! Hostile input and faults against a real broker: bad requests, no `reply_to`, a server
 //! dying mid-call, a connection dropped under pending calls, broker-side connection close
-//! and reconnection.
+//! and reconnection, registrations racing reconnections.
 
 mod common;
 
@@ -481,4 +481,115 @@ async fn a_request_in_flight_at_two_losses_of_the_servers_link_is_answered_poiso
     assert!(server.wait_connected(Duration::from_secs(20)).await);
     assert_eq!(queue_state(&name).await, (0, 1), "acked: nothing requeued");
     server.close().await.unwrap();
+}
+
+/// `(ready messages, consumers)` of each queue in `names`, by passive declares on one channel.
+async fn queue_states(names: &[String]) -> Vec<(u32, u32)> {
+    let (conn, channel) = common::channel().await;
+    let mut states = Vec::with_capacity(names.len());
+    for name in names {
+        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let queue = channel
+            .queue_declare(name.as_str().into(), options, Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("queue {name} should exist: {e}"));
+        states.push((queue.message_count(), queue.consumer_count()));
+    }
+    let _ = conn.close(200, "OK".into()).await;
+    states
+}
+
+/// Waits until `rpc` is connected on a new link (a reply queue other than `old`), at most
+/// `limit`; whether it is.
+async fn reconnected(rpc: &Rpc, old: &str, limit: Duration) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if rpc.reply_queue().is_some_and(|queue| queue != old) && rpc.is_connected() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn methods_registered_again_while_reconnections_reinstall_them_end_with_exactly_one_consumer_each() {
+    let connection_name = unique("rpc-test-register-race");
+    let server = Rpc::builder()
+        .connection_name(&connection_name)
+        .reconnect_delay(Duration::from_millis(5), Duration::from_millis(20))
+        .shutdown_grace(Duration::from_secs(1))
+        .connect(&common::url())
+        .await
+        .unwrap();
+    /// Registers `name` answering `version`, again a little later when the link dies under it.
+    async fn register(server: &Rpc, name: &str, version: u64) {
+        let mut failures = Vec::new();
+        while let Err(e) =
+            server.register_async(name, move |_: Nothing| async move { Ok::<_, HandlerError>(version) }).await
+        {
+            failures.push(e.to_string());
+            assert!(failures.len() < 200, "{name}: registration keeps failing: {failures:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let names: Vec<String> = (0..64).map(|_| unique("race")).collect();
+    for name in &names {
+        register(&server, name, 0).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each method is unregistered and registered again, over and over, while the connection is
+    // closed and re-established: registrations land while the new link re-installs the
+    // methods, some of them the very method being installed.
+    let churning: Vec<_> = names
+        .chunks(16)
+        .map(|chunk| {
+            let (server, stop, chunk) = (server.clone(), Arc::clone(&stop), chunk.to_vec());
+            tokio::spawn(async move {
+                let mut versions = vec![0; chunk.len()];
+                let mut round = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    round += 1;
+                    for (name, version) in chunk.iter().zip(versions.iter_mut()) {
+                        server.unregister(name).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+                        register(&server, name, round).await;
+                        *version = round;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                chunk.into_iter().zip(versions).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        assert!(server.wait_connected(Duration::from_secs(20)).await, "round {round}: not connected");
+        let old = server.reply_queue().expect("a reply queue while connected");
+        common::close_broker_connection(&connection_name, "closed by the register race test");
+        let closed_at = std::time::Instant::now();
+        assert!(reconnected(&server, &old, Duration::from_secs(20)).await, "round {round}: no reconnection");
+        println!("round {round}: reconnected {:?} after the close", closed_at.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut latest = Vec::new();
+    for task in churning {
+        latest.extend(task.await.unwrap());
+    }
+    let rounds = latest.iter().map(|(_, version)| *version).min().unwrap_or(0);
+    println!("every method registered again at least {rounds} times");
+    assert!(server.wait_connected(Duration::from_secs(20)).await, "connected after the last registration");
+    let states = queue_states(&names).await;
+    let wrong: Vec<(&String, (u32, u32))> = names.iter().zip(states).filter(|(_, state)| *state != (0, 1)).collect();
+    assert_eq!(wrong, Vec::new(), "each of the {} method queues should have one consumer and no message", names.len());
+    // The one consumer is the latest registration's.
+    let (_c, client) = rpc().await;
+    for (name, version) in &latest {
+        let answered = client.call::<u64>(name, kwargs! {}).await;
+        assert_eq!(answered.ok(), Some(*version), "{name}: answered by registration {version}");
+    }
+    server.close().await.unwrap();
+    let (conn, channel) = common::channel().await;
+    for name in &names {
+        let _ = channel.queue_delete(name.as_str().into(), Default::default()).await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
 }
