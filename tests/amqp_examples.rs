@@ -128,7 +128,7 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
     assert_eq!(prediction.class, 1, "{predicted}");
 
     match client(&["--amqp", "calculator.calculate", "a=1", "op=/", "b=0"]).await.unwrap_err() {
-        RpcError::Handler { target, code, message } => {
+        RpcError::Handler { target, code, message, .. } => {
             assert_eq!(target, "calculator.calculate");
             assert_eq!(code.as_deref(), Some("division_by_zero"));
             assert_eq!(message, "division by zero");

@@ -110,7 +110,7 @@ impl Probe {
 
 /// The example services plus [`Probe`], with a blocking pool of two slots.
 fn registry(notices: mpsc::UnboundedSender<Notice>, helper_ran: Arc<AtomicBool>) -> Registry {
-    services::registry(Some(2)).with(Probe { notices, helper_ran })
+    services::registry(Some(2)).with(Probe { notices, helper_ran }).expect("distinct, unreserved service names")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ async fn typed_clients_reach_the_example_services_through_the_producer_and_direc
     assert_eq!(calc_over_tcp.calculate(9.0, "/".into(), 4.0).await.unwrap(), 2.25);
     assert_eq!(calc_direct.calculate(-1.5, "*".into(), 2.0).await.unwrap(), -3.0);
     match calc_over_tcp.calculate(1.0, "/".into(), 0.0).await.unwrap_err() {
-        RpcError::Handler { target, code, message } => {
+        RpcError::Handler { target, code, message, .. } => {
             assert_eq!(target, "calculator.calculate");
             assert_eq!(code.as_deref(), Some("division_by_zero"));
             assert_eq!(message, "division by zero");

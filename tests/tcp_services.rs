@@ -21,7 +21,7 @@ async fn consumer(registry: Registry) -> TcpTransport {
 }
 
 async fn calculator() -> CalculatorClient<TcpTransport> {
-    CalculatorClient::new(consumer(Registry::new().with(Calculator)).await)
+    CalculatorClient::new(consumer(Registry::new().with(Calculator).expect("distinct, unreserved service names")).await)
 }
 
 fn handler_code(error: RpcError) -> String {
@@ -52,7 +52,9 @@ async fn the_calculator_names_its_errors() {
 
 #[tokio::test]
 async fn the_neural_net_answers_xor_for_all_four_inputs() {
-    let nn = NeuralNetClient::new(consumer(Registry::new().with(NeuralNet::shared())).await);
+    let nn = NeuralNetClient::new(
+        consumer(Registry::new().with(NeuralNet::shared()).expect("distinct, unreserved service names")).await,
+    );
     for (x1, x2, class) in [(0.0, 0.0, 0), (0.0, 1.0, 1), (1.0, 0.0, 1), (1.0, 1.0, 0)] {
         let p = nn.predict(vec![x1, x2]).await.unwrap();
         assert_eq!(p.class, class, "{x1} xor {x2}: {p:?}");
@@ -63,7 +65,9 @@ async fn the_neural_net_answers_xor_for_all_four_inputs() {
 
 #[tokio::test]
 async fn the_neural_net_refuses_the_wrong_number_of_inputs() {
-    let nn = NeuralNetClient::new(consumer(Registry::new().with(NeuralNet::shared())).await);
+    let nn = NeuralNetClient::new(
+        consumer(Registry::new().with(NeuralNet::shared()).expect("distinct, unreserved service names")).await,
+    );
     let error = nn.predict(vec![1.0]).await.unwrap_err();
     assert!(error.to_string().contains("expected 2 inputs (x1 x2), got 1"), "{error}");
     assert_eq!(handler_code(error), "invalid_input");
@@ -72,7 +76,9 @@ async fn the_neural_net_refuses_the_wrong_number_of_inputs() {
 
 #[tokio::test]
 async fn the_neural_net_describes_its_architecture() {
-    let nn = NeuralNetClient::new(MemoryTransport::new(Registry::new().with(NeuralNet::shared())));
+    let nn = NeuralNetClient::new(MemoryTransport::new(
+        Registry::new().with(NeuralNet::shared()).expect("distinct, unreserved service names"),
+    ));
     let a = nn.architecture().await.unwrap();
     assert_eq!(a.layers, [2, 16, 16, 1]);
     assert_eq!(a.parameters, 2 * 16 + 16 + 16 * 16 + 16 + 16 + 1);
@@ -95,7 +101,9 @@ fn training_is_deterministic_and_fast_and_a_prediction_costs_real_cpu() {
 
 #[tokio::test]
 async fn the_neural_net_answers_soundly_for_the_largest_finite_inputs() {
-    let nn = NeuralNetClient::new(consumer(Registry::new().with(NeuralNet::shared())).await);
+    let nn = NeuralNetClient::new(
+        consumer(Registry::new().with(NeuralNet::shared()).expect("distinct, unreserved service names")).await,
+    );
     for inputs in [vec![3.4e38, 3.4e38], vec![f32::MAX, -f32::MAX], vec![-3.4e38, 1.0]] {
         let p = nn.predict(inputs.clone()).await.unwrap();
         assert!(p.probability.is_finite() && (0.5..=1.0).contains(&p.probability), "{inputs:?}: {p:?}");

@@ -17,5 +17,9 @@ use rpc::core::{BlockingPool, Registry};
 /// per CPU) for their synchronous methods.
 pub fn registry(pool_size: Option<usize>) -> Registry {
     let pool = pool_size.map_or_else(BlockingPool::for_machine, BlockingPool::new);
-    Registry::new().with_blocking_pool(pool).with(Calculator).with(NeuralNet::shared())
+    Registry::new()
+        .with_blocking_pool(pool)
+        .with(Calculator)
+        .and_then(|r| r.with(NeuralNet::shared()))
+        .expect("distinct, unreserved service names")
 }

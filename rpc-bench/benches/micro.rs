@@ -44,7 +44,7 @@ fn parsing(c: &mut Criterion) {
 
 fn dispatch(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let registry = Arc::new(Registry::new().with(Bench));
+    let registry = Arc::new(Registry::new().with(Bench).unwrap());
     let text_args = || Args::Text(vec!["2".into(), "+".into(), "2".into()]);
     c.bench_function("dispatch: async handler, text args", |b| {
         b.iter(|| rt.block_on(registry.dispatch(Request::new("bench", "add", text_args()))).unwrap())

@@ -65,7 +65,7 @@ impl Servers {
     }
 
     pub fn consumer(&self) -> SocketAddr {
-        self.consumer_of(Registry::new().with(Calculator))
+        self.consumer_of(Registry::new().with(Calculator).expect("distinct, unreserved service names"))
     }
 
     pub fn consumer_of(&self, registry: Registry) -> SocketAddr {
@@ -159,7 +159,8 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
     let consumers = vec![servers.consumer(), servers.consumer()];
     let gateway = servers.producer(consumers);
     let floor = servers.raw_floor();
-    let pooled = servers.consumer_of(Registry::new().with(PooledCalculator));
+    let pooled =
+        servers.consumer_of(Registry::new().with(PooledCalculator).expect("distinct, unreserved service names"));
     let scenarios = [
         ("(c) raw floor", floor),
         ("(a) consumer", direct),

@@ -39,6 +39,7 @@ impl BlockingPool {
     /// # Errors
     /// [`RpcError::Panic`] when `f` panics (the pool stays usable), [`RpcError::Internal`] if
     /// the runtime is shutting down.
+    #[doc(hidden)]
     pub async fn run<F, R>(&self, target: &str, f: F) -> Result<R, RpcError>
     where
         F: FnOnce() -> R + Send + 'static,

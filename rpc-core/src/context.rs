@@ -172,6 +172,7 @@ impl Context {
     }
 
     /// Runs `future` with `self` as the [current](Context::current) context.
+    #[doc(hidden)]
     pub async fn scope<F: std::future::Future>(self, future: F) -> F::Output {
         CURRENT.scope(self, future).await
     }
@@ -179,6 +180,7 @@ impl Context {
     /// The context a new outgoing call starts from: inside a handler, the handler's deadline,
     /// metadata and trace id, with a cancellation signal that fires when the handler's does;
     /// elsewhere, an empty one.
+    #[doc(hidden)]
     pub fn for_outgoing_call() -> Context {
         match Context::current() {
             Some(parent) => parent.child(),
@@ -209,6 +211,7 @@ impl Context {
     /// Sets the deadline to `at`, replacing any other (servers use it for the deadline a
     /// request carried).
     #[must_use]
+    #[doc(hidden)]
     pub fn with_deadline_at(mut self, at: Option<Instant>) -> Self {
         self.deadline = at;
         self

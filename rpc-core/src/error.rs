@@ -104,6 +104,11 @@ pub enum RpcError {
         /// The error's message, as its `Display` printed it.
         #[serde(rename = "detail")]
         message: String,
+        /// The handler's own error value, serialized, when its type implements
+        /// `serde::Serialize` (at most [`MAX_MESSAGE`] bytes of JSON): read it back as that
+        /// type with [`RpcError::downcast`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<Value>>,
     },
 
     /// The handler panicked. The server caught it and keeps serving.
@@ -268,6 +273,7 @@ impl RpcError {
     }
 
     /// A transport failure with its underlying error kept as the source.
+    #[doc(hidden)]
     pub fn transport<E>(message: impl Into<String>, source: E) -> Self
     where
         E: std::error::Error + Send + Sync + 'static,
@@ -279,6 +285,7 @@ impl RpcError {
     ///
     /// The deadline is reported in whole milliseconds, rounded up: a 200 ms deadline measured
     /// a few microseconds after it was set still reads 200 ms.
+    #[doc(hidden)]
     pub fn deadline(target: impl Into<String>, timeout: Duration) -> Self {
         RpcError::DeadlineExceeded {
             target: target.into(),
@@ -287,11 +294,13 @@ impl RpcError {
     }
 
     /// A bad-request error.
+    #[doc(hidden)]
     pub fn bad_request(reason: impl Into<String>) -> Self {
         RpcError::BadRequest { reason: reason.into() }
     }
 
     /// A protocol error.
+    #[doc(hidden)]
     pub fn protocol(message: impl Into<String>) -> Self {
         RpcError::Protocol { message: message.into() }
     }
@@ -302,6 +311,7 @@ impl RpcError {
     /// human-readable text.
     ///
     /// This is the one wire form of an error, whatever the transport.
+    #[doc(hidden)]
     pub fn to_wire(&self) -> Value {
         let mut object = match serde_json::to_value(self.clone().bounded()) {
             Ok(Value::Object(map)) => map,
@@ -320,6 +330,7 @@ impl RpcError {
     /// The same error with every text field cut to [`MAX_MESSAGE`] bytes, so an error never
     /// carries unbounded text whatever built it (a handler echoing its input, a peer's reply).
     #[must_use]
+    #[doc(hidden)]
     pub fn bounded(mut self) -> Self {
         let mut cut = |s: &mut String| {
             if s.len() > MAX_MESSAGE {
@@ -350,10 +361,13 @@ impl RpcError {
                     cut(s);
                 }
             }
-            RpcError::Handler { target, code, message } => {
+            RpcError::Handler { target, code, message, data } => {
                 cut(target);
                 code.iter_mut().for_each(&mut cut);
                 cut(message);
+                if data.as_ref().is_some_and(|d| d.to_string().len() > MAX_MESSAGE) {
+                    *data = None;
+                }
             }
             RpcError::Decode { target, ty, reason } => {
                 cut(target);
@@ -388,6 +402,7 @@ impl RpcError {
     /// A known `kind` with its fields gives back the same variant. Anything else (an unknown
     /// kind, missing fields) becomes [`RpcError::Handler`] carrying the kind and message, so a
     /// peer's error is never swallowed.
+    #[doc(hidden)]
     pub fn from_wire(value: &Value, target: &str) -> Self {
         if let Ok(error) = RpcError::deserialize(value) {
             return error.bounded();
@@ -395,7 +410,30 @@ impl RpcError {
         let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
         let code = field("code").or_else(|| field("kind")).or_else(|| field("type"));
         let message = field("message").unwrap_or_else(|| value.to_string());
-        RpcError::Handler { target: target.to_owned(), code, message }.bounded()
+        RpcError::Handler { target: target.to_owned(), code, message, data: None }.bounded()
+    }
+
+    /// The handler's own error, rebuilt as `E`, when this is a [`RpcError::Handler`] whose
+    /// handler returned an error type implementing `serde::Serialize` and it decodes as `E`.
+    ///
+    /// ```
+    /// # use rpc_core::RpcError;
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// enum CalcError { DivisionByZero, UnknownOperator(String) }
+    ///
+    /// let error = RpcError::Handler {
+    ///     target: "calculator.calculate".into(),
+    ///     code: Some("CalcError".into()),
+    ///     message: "division by zero".into(),
+    ///     data: Some(Box::new(serde_json::json!("DivisionByZero"))),
+    /// };
+    /// assert_eq!(error.downcast::<CalcError>(), Some(CalcError::DivisionByZero));
+    /// ```
+    pub fn downcast<E: serde::de::DeserializeOwned>(&self) -> Option<E> {
+        match self {
+            RpcError::Handler { data: Some(data), .. } => E::deserialize(&**data).ok(),
+            _ => None,
+        }
     }
 }
 
@@ -461,8 +499,10 @@ impl fmt::Display for HandlerError {
 impl std::error::Error for HandlerError {}
 
 /// Turns a handler's error into the [`RpcError`] the caller receives (rules on
-/// [`HandlerError`]).
-pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcError {
+/// [`HandlerError`]); `data` is the error serialized, when its type can be (generated code
+/// finds out with [`ErrorData`]).
+#[doc(hidden)]
+pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E, data: Option<Value>) -> RpcError {
     let any: &dyn std::any::Any = &error;
     if let Some(rpc) = any.downcast_ref::<RpcError>() {
         return match rpc {
@@ -474,6 +514,7 @@ pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcEr
                 target: target.to_owned(),
                 code: Some(other.kind().to_owned()),
                 message: bound_message(other.to_string()),
+                data: None,
             },
         };
     }
@@ -482,6 +523,7 @@ pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcEr
             target: target.to_owned(),
             code: Some(h.code.clone()),
             message: bound_message(h.message.clone()),
+            data: None,
         }
         .bounded();
     }
@@ -492,5 +534,39 @@ pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E) -> RpcEr
         target: target.to_owned(),
         code: Some(short.to_owned()),
         message: bound_message(error.to_string()),
+        data: data.map(Box::new),
+    }
+    .bounded()
+}
+
+/// Serializes a handler's error when its type implements `serde::Serialize`, and gives `None`
+/// otherwise, chosen at compile time (autoref specialisation: generated code calls
+/// `(&&ErrorData(&error)).data()`).
+#[doc(hidden)]
+pub struct ErrorData<'a, E>(pub &'a E);
+
+/// Chosen when `E: Serialize`.
+#[doc(hidden)]
+pub trait ViaSerialize {
+    /// The error as JSON.
+    fn data(&self) -> Option<Value>;
+}
+
+impl<E: Serialize> ViaSerialize for &ErrorData<'_, E> {
+    fn data(&self) -> Option<Value> {
+        serde_json::to_value(self.0).ok()
+    }
+}
+
+/// Chosen for every other error type.
+#[doc(hidden)]
+pub trait NoData {
+    /// Nothing.
+    fn data(&self) -> Option<Value>;
+}
+
+impl<E> NoData for &&ErrorData<'_, E> {
+    fn data(&self) -> Option<Value> {
+        None
     }
 }

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{handler_error, text, Args, BlockingPool, Context, RpcError, Service};
+use crate::error::handler_error;
+use crate::{text, Args, BlockingPool, Context, RpcError, Service};
 
 /// One method, callable with [`Args`].
 pub trait Handler: Send + Sync + 'static {
@@ -151,7 +152,7 @@ where
         Ok(async move {
             match fut.await {
                 Ok(v) => encode_result(&target, &v),
-                Err(e) => Err(handler_error(&target, e)),
+                Err(e) => Err(handler_error(&target, e, None)),
             }
         }
         .boxed())
@@ -182,7 +183,7 @@ where
         Ok(async move {
             match pool.run(&target, move || f(a)).await? {
                 Ok(v) => encode_result(&target, &v),
-                Err(e) => Err(handler_error(&target, e)),
+                Err(e) => Err(handler_error(&target, e, None)),
             }
         }
         .boxed())

@@ -5,23 +5,23 @@
 //! has no network code: transports (`rpc-transport-tcp`, `rpc-transport-amqp`, `rpc-http`)
 //! move a [`Request`] one way and a [`Reply`] or [`RpcError`] the other.
 //!
-//! Layout:
-//! - [`service`]: the [`Service`] trait and its compile-time description ([`ServiceInfo`],
+//! Layout (one file per concern):
+//! - `service.rs`: the [`Service`] trait and its compile-time description ([`ServiceInfo`],
 //!   [`MethodInfo`], [`ParamInfo`], [`TypeInfo`] with JSON Schemas);
-//! - [`registry`]: [`Registry`], many services behind one endpoint, dispatched by name;
-//! - [`run`](mod@run): the server-side run policy (deadline cap, panics, cancellation) every
+//! - `registry.rs`: [`Registry`], many services behind one endpoint, dispatched by name;
+//! - `run.rs`: the server-side run policy (deadline cap, panics, cancellation) every
 //!   server applies around a handler;
-//! - [`context`]: [`Context`] (deadline, [`Metadata`], trace id, cancellation), what travels
+//! - `context.rs`: [`Context`] (deadline, [`Metadata`], trace id, cancellation), what travels
 //!   with every call;
-//! - [`request`]: [`Request`] and [`Reply`];
-//! - [`args`]: [`Args`], positional text tokens or named values;
-//! - [`text`]: the text shape of values (token decoding, result rendering);
-//! - [`handler`]: [`Handler`], one callable method (plain functions or service methods);
-//! - [`blocking`]: [`BlockingPool`], where synchronous handlers run;
-//! - [`transport`]: the client-side [`Transport`] trait; [`memory`]: [`MemoryTransport`];
+//! - `request.rs`: [`Request`] and [`Reply`];
+//! - `args.rs`: [`Args`], positional text tokens or named values;
+//! - `text.rs`: the text shape of values (token decoding, result rendering);
+//! - `handler.rs`: [`Handler`], one callable method (plain functions or service methods);
+//! - `blocking.rs`: [`BlockingPool`], where synchronous handlers run;
+//! - `transport.rs`: the client-side [`Transport`] trait; `memory.rs`: [`MemoryTransport`];
 //! - [`layer`]: middleware as tower layers (tracing, metrics, auth), the same for every
 //!   transport;
-//! - [`error`]: [`RpcError`] and its wire form.
+//! - `error.rs`: [`RpcError`] and its wire form.
 //!
 //! ```
 //! use rpc_core::{MemoryTransport, Registry, RpcError};
@@ -38,8 +38,8 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), RpcError> {
-//! let registry = Registry::new().with(Calculator);
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::new().with(Calculator)?;
 //! let client = CalculatorClient::new(MemoryTransport::new(registry));
 //! assert_eq!(client.add(2.0, 2.0).await?, 4.0);
 //! # Ok(())
@@ -48,28 +48,44 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+// The modules are the crate's layout; users reach their types from the root, and the
+// transport crates (which share these internals) through the hidden module paths.
+#[doc(hidden)]
 pub mod args;
+#[doc(hidden)]
 pub mod blocking;
+#[doc(hidden)]
 pub mod context;
+#[doc(hidden)]
 pub mod error;
 mod finite;
+#[doc(hidden)]
 pub mod handler;
 pub mod layer;
+#[doc(hidden)]
 pub mod memory;
+#[doc(hidden)]
 pub mod registry;
+#[doc(hidden)]
 pub mod request;
+#[doc(hidden)]
 pub mod run;
+#[doc(hidden)]
 pub mod service;
+#[doc(hidden)]
 pub mod text;
+#[doc(hidden)]
 pub mod transport;
 
 pub use args::Args;
 pub use blocking::BlockingPool;
 pub use context::{Context, Metadata, MetadataError};
-pub use error::{handler_error, HandlerError, RpcError};
-pub use handler::{Handler, MethodHandler};
+pub use error::{HandlerError, RpcError};
+pub use handler::Handler;
+#[doc(hidden)]
+pub use handler::MethodHandler;
 pub use memory::MemoryTransport;
-pub use registry::Registry;
+pub use registry::{RegisterError, Registry};
 pub use request::{Reply, Request, DEFAULT_DEADLINE};
 pub use service::{MethodInfo, ParamInfo, Service, ServiceInfo, TypeInfo};
 pub use transport::Transport;
@@ -78,6 +94,7 @@ pub use transport::Transport;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::args::ArgReader;
+    pub use crate::error::{handler_error, ErrorData, NoData, ViaSerialize};
     pub use crate::handler::{encode_arg, encode_result};
     pub use crate::request::ClientDefaults;
     pub use crate::service::probe::{Fallback, SchemaProbe, ViaJsonSchema};

@@ -11,6 +11,24 @@ use crate::run::{effective_context, run};
 use crate::service::{DESCRIBE, RESERVED_PREFIX};
 use crate::{BlockingPool, Request, RpcError, Service, ServiceInfo};
 
+/// Why a service could not be added to a [`Registry`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// A service with this wire name is already registered.
+    #[error("a service named '{name}' is already registered")]
+    Duplicate {
+        /// The service's wire name.
+        name: String,
+    },
+    /// The name starts with `_rpc`, the prefix of the framework's own requests.
+    #[error("service names starting with '{RESERVED_PREFIX}' are reserved for the framework: '{name}'")]
+    Reserved {
+        /// The service's wire name.
+        name: String,
+    },
+}
+
 /// A router from service names to services, with the pool their synchronous methods run on and
 /// the longest a call may run.
 ///
@@ -42,37 +60,40 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a service (builder style).
+    /// Adds a service (builder style): `Registry::new().with(Calculator)?.with(NeuralNet)?`.
     ///
-    /// # Panics
-    /// When a service with the same wire name is already registered, or its name is reserved
-    /// (starts with `_rpc`): programming errors caught at start-up, like a duplicate route.
-    #[must_use]
-    pub fn with<S: Service>(mut self, service: S) -> Self {
-        self.register(service);
-        self
+    /// # Errors
+    /// [`RegisterError::Duplicate`] when a service with the same wire name is already
+    /// registered, [`RegisterError::Reserved`] when its name starts with `_rpc` (the
+    /// framework's own requests).
+    pub fn with<S: Service>(mut self, service: S) -> Result<Self, RegisterError> {
+        self.register(service)?;
+        Ok(self)
     }
 
     /// Adds a service.
     ///
-    /// # Panics
+    /// # Errors
     /// As [`Registry::with`].
-    pub fn register<S: Service>(&mut self, service: S) -> &mut Self {
+    pub fn register<S: Service>(&mut self, service: S) -> Result<&mut Self, RegisterError> {
         self.register_arc(Arc::new(service))
     }
 
     /// Adds a service that is already shared.
     ///
-    /// # Panics
+    /// # Errors
     /// As [`Registry::with`].
-    pub fn register_arc(&mut self, service: Arc<dyn Service>) -> &mut Self {
+    #[doc(hidden)]
+    pub fn register_arc(&mut self, service: Arc<dyn Service>) -> Result<&mut Self, RegisterError> {
         let name = service.info().name;
-        assert!(
-            !name.starts_with(RESERVED_PREFIX),
-            "service names starting with '{RESERVED_PREFIX}' are reserved for the framework: '{name}'"
-        );
-        assert!(self.services.insert(name, service).is_none(), "a service named '{name}' is already registered");
-        self
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(RegisterError::Reserved { name: name.to_owned() });
+        }
+        if self.services.contains_key(name) {
+            return Err(RegisterError::Duplicate { name: name.to_owned() });
+        }
+        self.services.insert(name, service);
+        Ok(self)
     }
 
     /// Uses `pool` for synchronous handlers.
@@ -91,16 +112,19 @@ impl Registry {
     }
 
     /// The cap set by [`Registry::with_max_deadline`].
+    #[doc(hidden)]
     pub fn max_deadline(&self) -> Option<Duration> {
         self.max_deadline
     }
 
     /// The pool synchronous handlers run on.
+    #[doc(hidden)]
     pub fn blocking_pool(&self) -> &BlockingPool {
         &self.pool
     }
 
     /// The service named `name`.
+    #[doc(hidden)]
     pub fn service(&self, name: &str) -> Option<&Arc<dyn Service>> {
         self.services.get(name)
     }

@@ -24,9 +24,11 @@ pub struct Request {
     /// Whether named arguments are in the method's parameter order (the typed client
     /// guarantees it). Text transports send arguments as positional tokens, so they refuse
     /// named arguments without this promise rather than guess the order.
+    #[doc(hidden)]
     pub ordered: bool,
     /// Whether the last named argument is a variadic parameter (its array is spread into
     /// separate tokens by text transports).
+    #[doc(hidden)]
     pub variadic: bool,
     /// The caller's deadline (`None`: the transport's default), metadata and trace id;
     /// transports carry what their wire can, and servers hand it to the handler.
@@ -62,12 +64,14 @@ impl Request {
     }
 
     /// How long the caller waits: what is left of the context's deadline, or `default`.
+    #[doc(hidden)]
     pub fn remaining_or(&self, default: Duration) -> Duration {
         self.context.remaining().unwrap_or(default)
     }
 
     /// Promises that named arguments are in parameter order, the last one variadic or not.
     #[must_use]
+    #[doc(hidden)]
     pub fn in_parameter_order(mut self, variadic: bool) -> Self {
         self.ordered = true;
         self.variadic = variadic;
@@ -108,6 +112,7 @@ impl Reply {
     }
 
     /// The result as text, rendered if it is a value.
+    #[doc(hidden)]
     pub fn into_text(self) -> String {
         match self {
             Reply::Text(s) => s,

@@ -65,6 +65,7 @@ pub struct ServiceInfo {
 
 impl ServiceInfo {
     /// Builds the metadata (used by the generated code).
+    #[doc(hidden)]
     pub const fn new(name: &'static str, doc: &'static str, methods: &'static [MethodInfo]) -> Self {
         ServiceInfo { name, doc, methods }
     }
@@ -87,6 +88,7 @@ impl ServiceInfo {
     ///   "doc": "...", "params": [{"name": "a", "type": "f64", "schema": {"type": "number", "format": "double"}}, ...],
     ///   "variadic": false, "returns": {"type": "f64", "schema": {...}}, "blocking": false}]}
     /// ```
+    #[doc(hidden)]
     pub fn describe_with(&self, generator: &mut SchemaGenerator) -> Value {
         let methods: Vec<Value> = self.methods.iter().map(|m| m.describe_with(generator)).collect();
         json!({"name": self.name, "doc": self.doc, "methods": methods})
@@ -130,10 +132,13 @@ pub struct MethodInfo {
     /// What a successful call returns: the method's return type, or `T` of `Result<T, E>`.
     pub returns: TypeInfo,
     /// The return type as written in the source (`Result<f64, CalcError>`).
+    #[doc(hidden)]
     pub returns_as_written: &'static str,
     /// Whether the method runs on the blocking pool (synchronous and not `#[rpc(inline)]`).
+    #[doc(hidden)]
     pub blocking: bool,
     /// Whether the method takes the call's [`Context`].
+    #[doc(hidden)]
     pub takes_context: bool,
     /// The method's doc comment.
     pub doc: &'static str,
@@ -144,6 +149,7 @@ impl MethodInfo {
     /// Builds the metadata (used by the generated code).
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
+    #[doc(hidden)]
     pub const fn new(
         name: &'static str,
         target: &'static str,
@@ -171,6 +177,7 @@ impl MethodInfo {
     }
 
     /// The parameters as `name: Type`, for error messages.
+    #[doc(hidden)]
     pub fn param_list(&self) -> Vec<String> {
         self.params
             .iter()
@@ -196,6 +203,7 @@ impl MethodInfo {
     /// # Errors
     /// The errors a server gives the same tokens: [`RpcError::ArgumentCount`],
     /// [`RpcError::InvalidArgument`] naming the parameter and its type.
+    #[doc(hidden)]
     pub fn args_from_text(&self, tokens: Vec<String>) -> Result<Args, RpcError> {
         (self.text_to_named)(tokens)
     }
@@ -206,6 +214,7 @@ impl MethodInfo {
     /// # Errors
     /// [`RpcError::ArgumentCount`] when there are too few values, or too many for a method
     /// that is not variadic.
+    #[doc(hidden)]
     pub fn args_from_positional(&self, mut values: Vec<Value>) -> Result<Args, RpcError> {
         let fixed = if self.variadic { self.params.len().saturating_sub(1) } else { self.params.len() };
         if values.len() < fixed || (!self.variadic && values.len() > fixed) {
@@ -226,6 +235,7 @@ impl MethodInfo {
     }
 
     /// The method's description as JSON (see [`ServiceInfo::describe_with`]).
+    #[doc(hidden)]
     pub fn describe_with(&self, generator: &mut SchemaGenerator) -> Value {
         let params: Vec<Value> = self
             .params
@@ -256,6 +266,7 @@ pub struct ParamInfo {
 impl ParamInfo {
     /// Builds the metadata (used by the generated code).
     #[doc(hidden)]
+    #[doc(hidden)]
     pub const fn new(name: &'static str, ty: TypeInfo) -> Self {
         ParamInfo { name, ty }
     }
@@ -278,6 +289,7 @@ impl std::fmt::Debug for TypeInfo {
 impl TypeInfo {
     /// Builds the metadata (used by the generated code).
     #[doc(hidden)]
+    #[doc(hidden)]
     pub const fn new(rust: &'static str, schema: fn(&mut SchemaGenerator) -> Schema) -> Self {
         TypeInfo { rust, schema }
     }
@@ -287,6 +299,7 @@ impl TypeInfo {
     /// A type that implements `schemars::JsonSchema` (numbers, strings, collections, and your
     /// types with `#[derive(JsonSchema)]`) has its exact schema; any other type gets an open
     /// schema (`{}`) whose description names the Rust type.
+    #[doc(hidden)]
     pub fn schema(&self, generator: &mut SchemaGenerator) -> Value {
         (self.schema)(generator).to_value()
     }
@@ -306,6 +319,7 @@ pub mod probe {
 
     impl<T: ?Sized> SchemaProbe<T> {
         /// A probe for `T`.
+        #[doc(hidden)]
         pub const fn new() -> Self {
             SchemaProbe(PhantomData)
         }

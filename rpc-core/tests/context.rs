@@ -61,14 +61,16 @@ impl Probe {
     /// Calls `whoami` through a client of its own: the nested call inherits this call's
     /// context.
     pub async fn relay(&self) -> Result<String, RpcError> {
-        let registry = Registry::new().with(Probe { steps: Arc::clone(&self.steps) });
+        let registry =
+            Registry::new().with(Probe { steps: Arc::clone(&self.steps) }).expect("distinct, unreserved service names");
         ProbeClient::new(MemoryTransport::new(registry)).whoami("nested".into()).await
     }
 }
 
 fn probe() -> (Arc<Steps>, ProbeClient<MemoryTransport>) {
     let steps = Arc::new(Steps::default());
-    let registry = Registry::new().with(Probe { steps: Arc::clone(&steps) });
+    let registry =
+        Registry::new().with(Probe { steps: Arc::clone(&steps) }).expect("distinct, unreserved service names");
     (steps, ProbeClient::new(MemoryTransport::new(registry)))
 }
 

@@ -29,7 +29,7 @@ impl Echo {
 }
 
 fn transport() -> MemoryTransport {
-    MemoryTransport::new(Registry::new().with(Echo))
+    MemoryTransport::new(Registry::new().with(Echo).expect("distinct, unreserved service names"))
 }
 
 /// Everything `tracing` writes while the guard lives, as text.

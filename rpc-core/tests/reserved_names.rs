@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rpc_core::service::RESERVED_PREFIX;
-use rpc_core::{Args, BlockingPool, Context, Registry, RpcError, Service, ServiceInfo};
+use rpc_core::{Args, BlockingPool, Context, RegisterError, Registry, RpcError, Service, ServiceInfo};
 use serde_json::Value;
 
 /// A hand-written service (the macro refuses reserved names) with the name it is given.
@@ -29,25 +29,25 @@ static RPC: ServiceInfo = ServiceInfo::new("_rpc", "", &[]);
 static RPC_ADMIN: ServiceInfo = ServiceInfo::new("_rpc_admin", "", &[]);
 static UNDERSCORED: ServiceInfo = ServiceInfo::new("_private", "", &[]);
 
-fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_default()
-}
-
 #[test]
-fn registering_a_service_in_the_reserved_namespace_panics_naming_the_prefix() {
+fn registering_a_service_in_the_reserved_namespace_is_refused_naming_the_prefix() {
     for info in [&RPC, &RPC_ADMIN] {
-        let refused = std::panic::catch_unwind(|| Registry::new().with(Named(info))).map(|_| ());
-        let message = panic_text(refused.expect_err("a reserved name must be refused"));
+        let refused = Registry::new().with(Named(info)).expect_err("a reserved name must be refused");
+        assert_eq!(refused, RegisterError::Reserved { name: info.name.to_owned() });
         assert_eq!(
-            message,
+            refused.to_string(),
             format!("service names starting with '{RESERVED_PREFIX}' are reserved for the framework: '{}'", info.name)
         );
     }
     // An underscore alone reserves nothing.
-    let registry = Registry::new().with(Named(&UNDERSCORED));
+    let registry = Registry::new().with(Named(&UNDERSCORED)).expect("'_private' is not reserved");
     assert_eq!(registry.services().map(|s| s.name).collect::<Vec<_>>(), ["_private"]);
+}
+
+#[test]
+fn registering_a_second_service_with_the_same_name_is_an_error_not_a_panic() {
+    let registry = Registry::new().with(Named(&UNDERSCORED)).expect("the first one registers");
+    let refused = registry.with(Named(&UNDERSCORED)).expect_err("a duplicate must be refused");
+    assert_eq!(refused, RegisterError::Duplicate { name: "_private".to_owned() });
+    assert_eq!(refused.to_string(), "a service named '_private' is already registered");
 }

@@ -29,6 +29,15 @@ pub struct Stats {
 #[error("odd numbers are not allowed: {0}")]
 pub struct OddError(i64);
 
+/// A handler's own error type that serde can carry: the caller gets it back as this type.
+#[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum LimitError {
+    #[error("{value} is over the limit of {limit}")]
+    TooLarge { value: u32, limit: u32 },
+    #[error("zero is not allowed")]
+    Zero,
+}
+
 /// The seed's calculator, plus shapes the tests need.
 #[rpc_service]
 impl Calculator {
@@ -75,6 +84,15 @@ impl Calculator {
             Ok(n)
         } else {
             Err(OddError(n))
+        }
+    }
+
+    /// A handler error whose type is `Serialize`.
+    pub fn limited(n: u32) -> Result<u32, LimitError> {
+        match n {
+            0 => Err(LimitError::Zero),
+            n if n > 10 => Err(LimitError::TooLarge { value: n, limit: 10 }),
+            n => Ok(n),
         }
     }
 
@@ -138,7 +156,10 @@ impl Counter {
 }
 
 fn registry() -> Registry {
-    Registry::new().with(Calculator).with(Counter { hits: AtomicU64::new(0) })
+    Registry::new()
+        .with(Calculator)
+        .and_then(|r| r.with(Counter { hits: AtomicU64::new(0) }))
+        .expect("distinct, unreserved service names")
 }
 
 fn text(tokens: &str) -> Args {
@@ -278,10 +299,27 @@ async fn handler_errors_carry_message_and_code() {
 }
 
 #[tokio::test]
+async fn a_serializable_handler_error_comes_back_as_its_own_type_on_the_typed_client() {
+    let client = CalculatorClient::new(MemoryTransport::new(registry()));
+    let err = client.limited(11).await.expect_err("11 is over the limit");
+    assert_eq!(err.downcast::<LimitError>(), Some(LimitError::TooLarge { value: 11, limit: 10 }), "{err:?}");
+    assert_eq!(err.to_string(), "calculator.limited: [LimitError] 11 is over the limit of 10");
+    let err = client.limited(0).await.expect_err("0 is refused");
+    assert_eq!(err.downcast::<LimitError>(), Some(LimitError::Zero), "{err:?}");
+    // The data survives the wire form every transport uses; other types do not match it, and
+    // an error type that is not `Serialize` carries none.
+    let back = RpcError::from_wire(&err.to_wire(), "calculator.limited");
+    assert_eq!(back.downcast::<LimitError>(), Some(LimitError::Zero));
+    assert_eq!(back.downcast::<Stats>(), None);
+    let odd = client.even(3).await.expect_err("3 is odd");
+    assert!(matches!(&odd, RpcError::Handler { data: None, .. }), "{odd:?}");
+}
+
+#[tokio::test]
 async fn a_nested_calls_error_reaches_the_caller_as_this_handlers_error_not_as_its_own_kind() {
     let err = call_text("calculator", "nested", "").await.unwrap_err();
     match &err {
-        RpcError::Handler { target, code: Some(code), message } => {
+        RpcError::Handler { target, code: Some(code), message, .. } => {
             assert_eq!((target.as_str(), code.as_str()), ("calculator.nested", "unavailable"));
             assert!(message.contains("other.method"), "{message}");
         }
@@ -445,8 +483,8 @@ fn every_error_survives_its_wire_form() {
             value: "x".into(),
             reason: "bad".into(),
         },
-        RpcError::Handler { target: "s.m".into(), code: Some("e".into()), message: "boom".into() },
-        RpcError::Handler { target: "s.m".into(), code: None, message: "boom".into() },
+        RpcError::Handler { target: "s.m".into(), code: Some("e".into()), message: "boom".into(), data: None },
+        RpcError::Handler { target: "s.m".into(), code: None, message: "boom".into(), data: None },
         RpcError::Panic { target: "s.m".into(), message: "p".into() },
         RpcError::deadline("s.m", Duration::from_millis(1500)),
         RpcError::Unavailable { target: "s.m".into(), reason: "r".into() },
@@ -473,7 +511,7 @@ fn a_foreign_error_becomes_a_handler_error_with_its_type_as_code() {
     let python = json!({"type": "ValueError", "message": "ValueError('boom')", "args": ["boom"]});
     let err = RpcError::from_wire(&python, "foo");
     assert!(
-        matches!(&err, RpcError::Handler { code: Some(c), message, target } if c == "ValueError" && message == "ValueError('boom')" && target == "foo"),
+        matches!(&err, RpcError::Handler { code: Some(c), message, target, .. } if c == "ValueError" && message == "ValueError('boom')" && target == "foo"),
         "{err:?}"
     );
 }

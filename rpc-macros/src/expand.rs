@@ -269,7 +269,14 @@ fn call_arm(service: &Service<'_>, m: &Method<'_>, index: usize, krate: &TokenSt
         Output::Result { .. } => quote! {
             match __rpc_out {
                 ::core::result::Result::Ok(value) => #krate::__private::encode_result(#target, &value),
-                ::core::result::Result::Err(error) => ::core::result::Result::Err(#krate::handler_error(#target, error)),
+                ::core::result::Result::Err(error) => {
+                    // The error itself travels too when its type is `Serialize` (autoref
+                    // specialisation picks `ViaSerialize` or `NoData` at compile time).
+                    #[allow(unused_imports)]
+                    use #krate::__private::{NoData as _, ViaSerialize as _};
+                    let __rpc_data = (&&#krate::__private::ErrorData(&error)).data();
+                    ::core::result::Result::Err(#krate::__private::handler_error(#target, error, __rpc_data))
+                }
             }
         },
     };

@@ -40,7 +40,7 @@ mod service {
 
 #[tokio::test]
 async fn generated_code_compiles_and_runs_without_the_prelude() {
-    let registry = rpc_core::Registry::new().with(service::Hygienic);
+    let registry = rpc_core::Registry::new().with(service::Hygienic).unwrap();
     let client = service::HygienicClient::new(rpc_core::MemoryTransport::new(registry));
     assert_eq!(client.add(2, 3).await.unwrap(), 5);
     assert_eq!(client.greet("x".to_owned()).await.unwrap(), "hi x");

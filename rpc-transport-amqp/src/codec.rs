@@ -153,7 +153,7 @@ pub fn parse_error_body(body: Value, target: &str) -> RpcError {
             Value::String(s) => s,
             other => other.to_string(),
         };
-        return RpcError::Handler { target: target.to_owned(), code: None, message };
+        return RpcError::Handler { target: target.to_owned(), code: None, message, data: None };
     };
     if fields.contains_key("kind") {
         return RpcError::from_wire(&inner, target);
@@ -168,7 +168,7 @@ pub fn parse_error_body(body: Value, target: &str) -> RpcError {
         _ => None,
     };
     let message = args.or_else(|| fields.get("message").map(text)).unwrap_or_else(|| inner.to_string());
-    RpcError::Handler { target: target.to_owned(), code, message }
+    RpcError::Handler { target: target.to_owned(), code, message, data: None }
 }
 
 #[cfg(test)]
@@ -236,8 +236,9 @@ mod tests {
                 target: "calc.div".into(),
                 code: Some("division_by_zero".into()),
                 message: "division by zero".into(),
+                data: None,
             },
-            RpcError::Handler { target: "foo".into(), code: None, message: "plain".into() },
+            RpcError::Handler { target: "foo".into(), code: None, message: "plain".into(), data: None },
             RpcError::Panic { target: "foo".into(), message: "boom".into() },
             RpcError::MissingArgument { target: "calc.add".into(), param: "b".into(), ty: "f64".into() },
             RpcError::bad_request("body too large"),
@@ -261,6 +262,7 @@ mod tests {
             target: "div".into(),
             code: Some("ZeroDivisionError".into()),
             message: "division by zero".into(),
+            data: None,
         };
         let body = error_body(&error);
         assert_eq!(body["error"]["type"], "ZeroDivisionError");
@@ -278,7 +280,7 @@ mod tests {
     fn aio_pika_error_becomes_handler_error_with_the_exception_type() {
         let body = json!({"error": {"type": "ValueError", "message": "ValueError('boom')", "args": ["boom"]}});
         match parse_error_body(body, "py_method") {
-            RpcError::Handler { target, code, message } => {
+            RpcError::Handler { target, code, message, .. } => {
                 assert_eq!(target, "py_method");
                 assert_eq!(code.as_deref(), Some("ValueError"));
                 assert_eq!(message, "boom");

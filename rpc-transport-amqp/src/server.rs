@@ -426,7 +426,7 @@ fn refused(target: &str, reply: &Reply, reason: &str) -> RpcError {
             (REPLY_REFUSED, format!("the broker refused the {} of {} bytes: {reason}", reply.about, reply.body.len()))
         }
     };
-    RpcError::Handler { target: target.to_owned(), code: Some(code.to_owned()), message }
+    RpcError::Handler { target: target.to_owned(), code: Some(code.to_owned()), message, data: None }
 }
 
 /// Code of the error that replaces a reply larger than the limit.
@@ -458,7 +458,8 @@ impl Reply {
         };
         let message = format!("the {about} of {size} bytes exceeds the reply limit of {limit} bytes");
         debug!(method = %target, %message, "reply replaced by reply_too_large");
-        let error = RpcError::Handler { target: target.to_owned(), code: Some(REPLY_TOO_LARGE.into()), message };
+        let error =
+            RpcError::Handler { target: target.to_owned(), code: Some(REPLY_TOO_LARGE.into()), message, data: None };
         Self::encode_error(codec, &error, "error reply (reply_too_large)".into())
     }
 
@@ -709,7 +710,7 @@ impl Poison {
                 self.last_loss
             )
         };
-        RpcError::Handler { target: target.to_owned(), code: Some(POISON.into()), message }
+        RpcError::Handler { target: target.to_owned(), code: Some(POISON.into()), message, data: None }
     }
 }
 

@@ -106,7 +106,7 @@ async fn rust_json_call_reaches_an_aio_pika_jsonrpc_handler_and_gets_its_result_
 
     let err = rpc.call_with::<f64>(&format!("{prefix}.fail"), kwargs! {}, json).await.unwrap_err();
     match &err {
-        RpcError::Handler { target, code, message } => {
+        RpcError::Handler { target, code, message, .. } => {
             assert_eq!(target, &format!("{prefix}.fail"));
             assert_eq!(code.as_deref(), Some("ValueError"));
             assert_eq!(message, "boom");

@@ -183,7 +183,7 @@ async fn handler_error_reaches_the_caller_with_its_code_and_message_and_the_serv
         let opts = CallOptions::new().codec(codec);
         let err = rpc.call_with::<f64>(&name, kwargs! { "a" => 1, "b" => 0 }, opts).await.unwrap_err();
         match &err {
-            RpcError::Handler { target, code, message } => {
+            RpcError::Handler { target, code, message, .. } => {
                 assert_eq!(target, &name);
                 assert_eq!(code.as_deref(), Some("division_by_zero"));
                 assert_eq!(message, "division by zero");

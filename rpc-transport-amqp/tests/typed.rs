@@ -57,7 +57,7 @@ async fn typed_calculator_client_runs_over_amqp() {
         assert_eq!(client.sum(vec![1.0, 2.0, 3.0]).await.unwrap(), 6.5);
         let err = client.calculate(1.0, "/".into(), 0.0).await.unwrap_err();
         assert!(
-            matches!(&err, RpcError::Handler { target, code: Some(code), message }
+            matches!(&err, RpcError::Handler { target, code: Some(code), message, .. }
                 if target == "amqp_typed_calculator.calculate" && code == "division_by_zero" && message == "division by zero"),
             "{err:?}"
         );

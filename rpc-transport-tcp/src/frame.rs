@@ -429,6 +429,7 @@ mod tests {
             target: "calculator.calculate".into(),
             code: Some("division_by_zero".into()),
             message: "division\nby zero".into(),
+            data: None,
         };
         let wire = encode_error(&error);
         let text = String::from_utf8(wire.clone()).unwrap();

@@ -48,7 +48,7 @@
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let listener = TcpListener::bind("127.0.0.1:0").await?;
 //! let consumer_addr = listener.local_addr()?;
-//! let consumer = Consumer::new(Arc::new(Registry::new().with(Calculator)), ConsumerConfig::default());
+//! let consumer = Consumer::new(Arc::new(Registry::new().with(Calculator)?), ConsumerConfig::default());
 //! let server = tokio::spawn(async move { consumer.serve(listener, stopped).await });
 //!
 //! // Straight to the consumer, or through a producer: the same typed client.

@@ -68,7 +68,7 @@ proptest! {
 
     #[test]
     fn any_handler_error_round_trips(code in any::<String>(), message in any::<String>()) {
-        let error = RpcError::Handler { target: "svc.m".into(), code: Some(code.clone()), message: message.clone() };
+        let error = RpcError::Handler { target: "svc.m".into(), code: Some(code.clone()), message: message.clone(), data: None };
         match frame::parse_reply(&frame::encode_error(&error), "svc.m").unwrap() {
             ParsedReply::Error(RpcError::Handler { code: c, message: m, .. }) => {
                 prop_assert_eq!(c, Some(code));

@@ -65,7 +65,11 @@ impl Shapes {
 }
 
 async fn shapes() -> (common::TestServer, ShapesClient<TcpTransport>) {
-    let server = common::consumer(Registry::new().with(Shapes), ConsumerConfig::default()).await;
+    let server = common::consumer(
+        Registry::new().with(Shapes).expect("distinct, unreserved service names"),
+        ConsumerConfig::default(),
+    )
+    .await;
     let client = ShapesClient::new(TcpTransport::new(server.addr)).with_deadline(Duration::from_secs(10));
     (server, client)
 }

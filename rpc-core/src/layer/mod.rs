@@ -11,18 +11,25 @@
 //! [`Transport`], so typed clients use it unchanged.
 //!
 //! Three layers ship here, each generic over the response type so it works on both sides:
-//! - [`trace::TraceLayer`]: a `tracing` span per call with its target and trace id (a server
+//! - [`TraceLayer`]: a `tracing` span per call with its target and trace id (a server
 //!   gives calls that arrive without a trace id a new one, which nested calls inherit);
-//! - [`metrics::MetricsLayer`]: call counts by outcome and a latency histogram, through the
+//! - [`MetricsLayer`]: call counts by outcome and a latency histogram, through the
 //!   `metrics` facade (the HTTP front exports them as Prometheus text);
-//! - [`auth::AuthLayer`]: refuses calls whose metadata lacks an accepted credential.
+//! - [`AuthLayer`]: refuses calls whose metadata lacks an accepted credential.
 //!
 //! Writing one: implement `tower::Service<Request>` for your wrapper with
 //! `Error = RpcError`, and a `Layer` that builds it; see `auth.rs` for a small example.
 
+#[doc(hidden)]
 pub mod auth;
+#[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
 pub mod trace;
+
+pub use auth::AuthLayer;
+pub use metrics::MetricsLayer;
+pub use trace::TraceLayer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,12 +44,14 @@ use tower::{Layer, Service, ServiceExt};
 use crate::{Registry, Reply, Request, RpcError, Transport};
 
 /// A server's stack, boxed: every call a server takes goes through one.
+#[doc(hidden)]
 pub type ServerStack = BoxCloneSyncService<Request, Value, RpcError>;
 
 /// A client's stack, boxed.
 pub type ClientStack = BoxCloneSyncService<Request, Reply, RpcError>;
 
 /// Wraps `stack` in `layer`, boxed again; what every server's `layer` method does.
+#[doc(hidden)]
 pub fn wrap<L, S, R>(
     stack: BoxCloneSyncService<Request, R, RpcError>,
     layer: L,
@@ -60,6 +69,7 @@ where
 ///
 /// # Errors
 /// Whatever the stack returns.
+#[doc(hidden)]
 pub fn call<R: Send + 'static>(
     stack: &BoxCloneSyncService<Request, R, RpcError>,
     request: Request,
@@ -69,6 +79,7 @@ pub fn call<R: Send + 'static>(
 
 /// The innermost server service: [`Registry::dispatch`].
 #[derive(Debug, Clone)]
+#[doc(hidden)]
 pub struct RegistryService {
     registry: Arc<Registry>,
 }
@@ -102,6 +113,7 @@ impl Service<Request> for RegistryService {
 
 /// The innermost client service: one call through a [`Transport`].
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct TransportService<T> {
     transport: Arc<T>,
 }

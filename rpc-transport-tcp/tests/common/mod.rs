@@ -73,7 +73,8 @@ impl Lab {
 /// A registry with both test services, and the receiver of `Lab`'s start notices.
 pub fn registry() -> (Registry, mpsc::UnboundedReceiver<u64>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Registry::new().with(Calculator).with(Lab { started: tx }), rx)
+    let registry = Registry::new().with(Calculator).and_then(|r| r.with(Lab { started: tx }));
+    (registry.expect("distinct, unreserved service names"), rx)
 }
 
 /// A server running in a task until [`TestServer::stop`] or drop.

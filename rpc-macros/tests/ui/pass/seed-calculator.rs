@@ -20,6 +20,6 @@ impl Calculator {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let client = CalculatorClient::new(MemoryTransport::new(Registry::new().with(Calculator)));
+    let client = CalculatorClient::new(MemoryTransport::new(Registry::new().with(Calculator).unwrap()));
     assert_eq!(client.calculate(2.0, "+".into(), 2.0).await.unwrap(), 4.0);
 }

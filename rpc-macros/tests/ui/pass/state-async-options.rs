@@ -53,7 +53,7 @@ async fn main() {
     let net = NeuralNet::new();
     assert_eq!(net.info().name, "nn");
     assert_eq!(net.info().method_names(), ["predict", "calls", "reset", "names", "shout", "old_predict"]);
-    let client = NeuralNetClient::new(MemoryTransport::new(Registry::new().with(net)));
+    let client = NeuralNetClient::new(MemoryTransport::new(Registry::new().with(net).unwrap()));
     assert_eq!(client.predict(vec![1.0, 2.0]).await.unwrap(), 3.0);
     assert_eq!(client.call_count().await.unwrap(), 1);
     client.reset().await.unwrap();
