@@ -9,8 +9,8 @@
 //! The examples serve the real queue names (`calculator.calculate`, ...), so the tests that
 //! serve them take [`SERVICE_QUEUES`] in turn: a second server on those queues would take
 //! part of the other test's requests. Nothing else in the suite serves them.
-// `calculator.rs` and `consumer.rs` each bring their own `services` module, as they do when
-// built as examples: two copies of the same services, on purpose.
+// `calculator.rs`, `consumer.rs` and `client.rs` each bring their own `cli` module, as they do
+// when built as examples: three copies of the same module, on purpose.
 #![allow(clippy::duplicate_mod)]
 
 #[allow(dead_code)]
@@ -27,27 +27,18 @@ mod client_example;
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use client_example::{parse_kwargs, Failure};
 use rpc::core::{Args, RpcError};
+use rpc_testkit::{unique, url};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 
 /// Held by every test that serves the example services' queues.
 static SERVICE_QUEUES: Mutex<()> = Mutex::const_new(());
-
-fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| calculator_example::DEFAULT_RABBITMQ_URL.into())
-}
-
-/// A name no other test or run uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 fn client_cli(args: &[&str]) -> client_example::Cli {
     client_example::Cli::try_parse_from(std::iter::once("client").chain(args.iter().copied()))
@@ -124,7 +115,7 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
     // JSON on the wire is answered in JSON; the result is the same.
     assert_eq!(client(&["--amqp", "--json", "calculator.calculate", "a=7", "op=-", "b=-10"]).await.unwrap(), "17");
     let predicted = client(&["--amqp", "neural_net.predict", "inputs=[1,0]"]).await.unwrap();
-    let prediction: calculator_example::services::Prediction = serde_json::from_str(&predicted).unwrap();
+    let prediction: rpc_testkit::services::Prediction = serde_json::from_str(&predicted).unwrap();
     assert_eq!(prediction.class, 1, "{predicted}");
 
     match client(&["--amqp", "calculator.calculate", "a=1", "op=/", "b=0"]).await.unwrap_err() {

@@ -13,9 +13,6 @@
 #[path = "common_amqp/mod.rs"]
 mod common_amqp;
 
-#[path = "../examples/services/mod.rs"]
-mod services;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +30,7 @@ use lapin::{BasicProperties, Channel, Consumer};
 use rpc::amqp::{codec, CallOptions, Codec, Rpc};
 use rpc::core::HandlerError;
 use rpc::{kwargs, RpcError};
+use rpc_testkit::services;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -36,7 +36,7 @@ struct Echo {
 }
 
 pub fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    rpc_testkit::url()
 }
 
 fn runtime(name: &str) -> Runtime {

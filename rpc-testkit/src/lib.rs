@@ -1,0 +1,13 @@
+//! Shared fixtures of the workspace's tests, examples and benchmark (dev only, never
+//! published):
+//!
+//! - [`services`]: the example services (`Calculator`, `NeuralNet`) that the examples
+//!   serve, the benchmark measures and the end-to-end tests call;
+//! - [`broker`]: the test broker's URL ([`DEFAULT_RABBITMQ_URL`] unless `$RABBITMQ_URL` says
+//!   otherwise) and [`unique`] names.
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod services;
+
+pub use broker::{unique, url, DEFAULT_RABBITMQ_URL};
