@@ -3,8 +3,8 @@
 //!
 //! - [`services`]: the example services (`Calculator`, `NeuralNet`) that the examples
 //!   serve, the benchmark measures and the end-to-end tests call;
-//! - [`broker`]: the test broker's URL ([`DEFAULT_RABBITMQ_URL`] unless `$RABBITMQ_URL` says
-//!   otherwise) and [`unique`] names.
+//! - [`broker`]: the test broker's URL, on a vhost of the test process's own ([`url`]; the
+//!   module docs say how the isolation works), and [`unique`] names.
 #![warn(missing_docs)]
 
 pub mod broker;
