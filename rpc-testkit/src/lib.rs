@@ -4,10 +4,12 @@
 //! - [`services`]: the example services (`Calculator`, `NeuralNet`) that the examples
 //!   serve, the benchmark measures and the end-to-end tests call;
 //! - [`broker`]: the test broker's URL, on a vhost of the test process's own ([`url`]; the
-//!   module docs say how the isolation works), and [`unique`] names.
+//!   module docs say how the isolation works), and [`unique`] names;
+//! - [`node`]: private RabbitMQ nodes, for the tests that restart a broker.
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod node;
 pub mod services;
 
 pub use broker::{unique, url, DEFAULT_RABBITMQ_URL};
