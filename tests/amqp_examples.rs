@@ -127,16 +127,28 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
         other => panic!("{other:?}"),
     }
     let missing = client(&["--amqp", "calculator.calculate", "a=2", "op=+"]).await.unwrap_err();
-    assert!(matches!(&missing, RpcError::MissingArgument { param, .. } if param == "b"), "{missing:?}");
+    assert!(
+        matches!(&missing, RpcError::MissingArgument { param, .. } if param == "b"),
+        "expected RpcError::MissingArgument {{ param, .. }} if param == \"b\", got {missing:?}"
+    );
     let string = client(&["--amqp", "calculator.calculate", "a=\"2\"", "op=+", "b=2"]).await.unwrap_err();
-    assert!(matches!(&string, RpcError::InvalidArgument { param, .. } if param == "a"), "{string:?}");
+    assert!(
+        matches!(&string, RpcError::InvalidArgument { param, .. } if param == "a"),
+        "expected RpcError::InvalidArgument {{ param, .. }} if param == \"a\", got {string:?}"
+    );
     let unknown = client(&["--amqp", "calculator.sqrt", "x=2"]).await.unwrap_err();
-    assert!(matches!(&unknown, RpcError::Unavailable { target, .. } if target == "calculator.sqrt"), "{unknown:?}");
+    assert!(
+        matches!(&unknown, RpcError::Unavailable { target, .. } if target == "calculator.sqrt"),
+        "expected RpcError::Unavailable {{ target, .. }} if target == \"calculator.sqrt\", got {unknown:?}"
+    );
 
     server.close().await.unwrap();
     // Closed, the consumer no longer takes requests: the queue stays, nobody answers.
     let unserved = client(&["--amqp", "--timeout", "0.5", "calculator.calculate", "a=2", "op=+", "b=2"]).await;
-    assert!(matches!(unserved, Err(RpcError::DeadlineExceeded { timeout_ms: 500, .. })), "{unserved:?}");
+    assert!(
+        matches!(unserved, Err(RpcError::DeadlineExceeded { timeout_ms: 500, .. })),
+        "expected Err(RpcError::DeadlineExceeded {{ timeout_ms: 500, .. }}), got {unserved:?}"
+    );
 }
 
 fn root() -> PathBuf {
@@ -184,7 +196,10 @@ async fn the_client_example_with_json_calls_an_aio_pika_jsonrpc_handler_and_repo
     }
     // Python's own argument check comes back as its TypeError.
     let wrong = client(&["--amqp", "--json", &add, "x=2"]).await.unwrap_err();
-    assert!(matches!(&wrong, RpcError::Handler { code: Some(code), .. } if code == "TypeError"), "{wrong:?}");
+    assert!(
+        matches!(&wrong, RpcError::Handler { code: Some(code), .. } if code == "TypeError"),
+        "expected RpcError::Handler {{ code: Some(code), .. }} if code == \"TypeError\", got {wrong:?}"
+    );
 
     // Closing its standard input stops the server.
     drop(server.stdin.take());

@@ -115,7 +115,10 @@ async fn rust_json_call_reaches_an_aio_pika_jsonrpc_handler_and_gets_its_result_
     }
     // A Python TypeError (wrong kwargs) is an error too, with its type.
     let err = rpc.call_with::<f64>(&format!("{prefix}.add"), kwargs! { "x" => 1 }, json).await.unwrap_err();
-    assert!(matches!(&err, RpcError::Handler { code: Some(code), .. } if code == "TypeError"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Handler { code: Some(code), .. } if code == "TypeError"),
+        "expected RpcError::Handler {{ code: Some(code), .. }} if code == \"TypeError\", got {err:?}"
+    );
 
     // Our declaration of a method queue aio-pika declared is accepted (identical arguments:
     // a mismatch would be PRECONDITION_FAILED), so Rust and Python servers can compete.
