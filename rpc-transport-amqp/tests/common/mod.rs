@@ -1,5 +1,6 @@
-//! Helpers shared by the broker tests. Every test uses its own queue names (uuid suffix), so
-//! the tests run in parallel against one broker. Without a broker they fail, loudly.
+//! Helpers shared by the broker tests. Each test process works in a vhost of its own
+//! (`rpc_testkit::url`) and every test uses its own queue names (uuid suffix), so the tests run
+//! in parallel against a broker other programs use too. Without a broker they fail, loudly.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
