@@ -314,4 +314,20 @@ mod tests {
         assert!(name.ends_with(&format!(".{pid}.{start}")), "expected it to end in .{pid}.{start}, got {name}");
         assert_eq!(label("a.b c-d"), "a-b-c-d");
     }
+
+    #[test]
+    fn the_sweep_deletes_the_vhosts_of_dead_processes_and_keeps_the_live_ones() {
+        let ours = vhost();
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let dead_pid = child.id();
+        child.wait().expect("wait for true");
+        let dead = format!("{VHOST_PREFIX}{}.sweep-test.{dead_pid}.1", host_label());
+        rabbitmqctl(&["add_vhost", &dead]);
+        sweep_dead_vhosts();
+        let listed = rabbitmqctl(&["list_vhosts", "-q", "--no-table-headers", "name"]);
+        let listed: Vec<&str> = listed.lines().map(str::trim).collect();
+        let _ = try_rabbitmqctl(&["delete_vhost", &dead]);
+        assert!(!listed.contains(&dead.as_str()), "expected {dead} swept, got it still listed: {listed:?}");
+        assert!(listed.contains(&ours.as_str()), "expected this process's {ours} kept, got {listed:?}");
+    }
 }
