@@ -25,14 +25,13 @@ mod consumer_example;
 #[path = "../examples/client.rs"]
 mod client_example;
 
-use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
 use client_example::{parse_kwargs, Failure};
 use rpc::core::{Args, RpcError};
-use rpc_testkit::{unique, url};
+use rpc_testkit::{python, unique, url, workspace_root as root};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
@@ -149,25 +148,6 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
         matches!(unserved, Err(RpcError::DeadlineExceeded { timeout_ms: 500, .. })),
         "expected Err(RpcError::DeadlineExceeded {{ timeout_ms: 500, .. }}), got {unserved:?}"
     );
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The interpreter with aio-pika: `$RPC_TEST_PYTHON`, or the venv `scripts/python-env.sh`
-/// makes.
-fn python() -> String {
-    if let Ok(python) = std::env::var("RPC_TEST_PYTHON") {
-        return python;
-    }
-    let out = std::process::Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/python-env.sh");
-    assert!(out.status.success(), "scripts/python-env.sh failed: cannot get aio-pika");
-    String::from_utf8_lossy(&out.stdout).lines().last().expect("python path").trim().to_owned()
 }
 
 #[tokio::test]
