@@ -64,7 +64,7 @@ async fn sleep(args: Sleep) -> Result<f64, Infallible> {
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     cli::init_logging(cli::DEFAULT_LOG_FILTER);
     let t = <Cli as clap::Parser>::parse().t;
-    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| rpc_testkit::DEFAULT_RABBITMQ_URL.into());
     for line in run(&url, t).await? {
         println!("{line}");
     }

@@ -29,8 +29,6 @@
 //! consumer, duration, outcome).
 
 mod cli;
-// `pub` so the end-to-end test, which includes this file, reaches the same services.
-pub mod services;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,13 +42,11 @@ use futures_util::future::BoxFuture;
 use rpc::amqp::Rpc;
 use rpc::core::{Args, BlockingPool, Context, Reply, Request, RpcError, Service, ServiceInfo, Transport};
 use rpc::tcp::{Consumer, ConsumerConfig, Producer, ProducerConfig, TcpTransport};
+use rpc_testkit::{services, DEFAULT_RABBITMQ_URL};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-
-/// The broker when `$RABBITMQ_URL` is not set.
-pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// How long connecting to the broker may take before the demo gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

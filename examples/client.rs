@@ -26,7 +26,6 @@
 //! the deadline passed); 2 when the command line is wrong.
 
 mod cli;
-mod services;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,10 +34,8 @@ use clap::{ArgGroup, Parser};
 use rpc::amqp::{CallOptions, Codec, Rpc};
 use rpc::core::{text, Args, Request, RpcError, Service, Transport};
 use rpc::tcp::TcpTransport;
+use rpc_testkit::{services, DEFAULT_RABBITMQ_URL};
 use serde_json::{Map, Value};
-
-/// The broker when `$RABBITMQ_URL` is not set.
-pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A client: makes one call to a server, over TCP to the Producer or a Consumer
 /// (`--tcp 127.0.0.1:9000 calculator calculate 2 + 2`) or over RabbitMQ

@@ -16,7 +16,6 @@
 //! `--amqp`, `cargo run --example client -- --amqp calculator.calculate a=2 op=+ b=2` does.
 
 mod cli;
-mod services;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,10 +26,8 @@ use rpc::amqp::config::DEFAULT_PREFETCH;
 use rpc::amqp::Rpc;
 use rpc::core::BlockingPool;
 use rpc::tcp::{Consumer, ConsumerConfig, Limits};
+use rpc_testkit::{services, DEFAULT_RABBITMQ_URL};
 use tokio::net::TcpListener;
-
-/// The broker when `$RABBITMQ_URL` is not set.
-pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// How long connecting to the broker may take before the consumer gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

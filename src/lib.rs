@@ -4,8 +4,19 @@
 //! - [`core`] (`rpc-core`): services, arguments, errors, the `Transport` trait;
 //! - [`rpc_service`] (`rpc-macros`): the attribute that turns an `impl` block into a service
 //!   and a typed client;
-//! - [`tcp`] (`rpc-transport-tcp`): the seed's text protocol, Consumers and the Producer;
+//! - [`tcp`] (`rpc-transport-tcp`): the text protocol over TCP, Consumers and the Producer;
 //! - [`amqp`] (`rpc-transport-amqp`): request/reply over RabbitMQ.
+//!
+//! The rest of this page is the README. Its links to the repository's documents go, from this
+//! page (`target/doc/rpc/index.html`), three directories up to the workspace root: the
+//! definitions below come before the README's own, and the first definition of a name wins.
+//!
+//! [design-doc]: ../../../docs/DESIGN.md
+//! [protocol-doc]: ../../../docs/PROTOCOL.md
+//! [amqp-doc]: ../../../docs/AMQP.md
+//! [testing-doc]: ../../../docs/TESTING.md
+//! [benchmarks]: ../../../BENCHMARKS.md
+//! [reliability]: ../../../RELIABILITY.md
 #![deny(missing_docs)]
 // The README's examples are compiled (and the TCP one run) as this crate's doctests.
 #![doc = include_str!("../README.md")]

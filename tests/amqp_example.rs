@@ -7,7 +7,7 @@ mod amqp_rpc_example;
 
 #[tokio::test]
 async fn amqp_rpc_example_sleeps_times_out_and_reports_a_remote_error() {
-    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = rpc_testkit::url();
     let lines = amqp_rpc_example::run(&url, 0.1).await.expect("the example runs");
     assert_eq!(
         lines,

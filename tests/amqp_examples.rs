@@ -9,8 +9,8 @@
 //! The examples serve the real queue names (`calculator.calculate`, ...), so the tests that
 //! serve them take [`SERVICE_QUEUES`] in turn: a second server on those queues would take
 //! part of the other test's requests. Nothing else in the suite serves them.
-// `calculator.rs` and `consumer.rs` each bring their own `services` module, as they do when
-// built as examples: two copies of the same services, on purpose.
+// `calculator.rs`, `consumer.rs` and `client.rs` each bring their own `cli` module, as they do
+// when built as examples: three copies of the same module, on purpose.
 #![allow(clippy::duplicate_mod)]
 
 #[allow(dead_code)]
@@ -25,29 +25,19 @@ mod consumer_example;
 #[path = "../examples/client.rs"]
 mod client_example;
 
-use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use client_example::{parse_kwargs, Failure};
 use rpc::core::{Args, RpcError};
+use rpc_testkit::{python, unique, url, workspace_root as root};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 
 /// Held by every test that serves the example services' queues.
 static SERVICE_QUEUES: Mutex<()> = Mutex::const_new(());
-
-fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| calculator_example::DEFAULT_RABBITMQ_URL.into())
-}
-
-/// A name no other test or run uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 fn client_cli(args: &[&str]) -> client_example::Cli {
     client_example::Cli::try_parse_from(std::iter::once("client").chain(args.iter().copied()))
@@ -124,7 +114,7 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
     // JSON on the wire is answered in JSON; the result is the same.
     assert_eq!(client(&["--amqp", "--json", "calculator.calculate", "a=7", "op=-", "b=-10"]).await.unwrap(), "17");
     let predicted = client(&["--amqp", "neural_net.predict", "inputs=[1,0]"]).await.unwrap();
-    let prediction: calculator_example::services::Prediction = serde_json::from_str(&predicted).unwrap();
+    let prediction: rpc_testkit::services::Prediction = serde_json::from_str(&predicted).unwrap();
     assert_eq!(prediction.class, 1, "{predicted}");
 
     match client(&["--amqp", "calculator.calculate", "a=1", "op=/", "b=0"]).await.unwrap_err() {
@@ -136,35 +126,28 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
         other => panic!("{other:?}"),
     }
     let missing = client(&["--amqp", "calculator.calculate", "a=2", "op=+"]).await.unwrap_err();
-    assert!(matches!(&missing, RpcError::MissingArgument { param, .. } if param == "b"), "{missing:?}");
+    assert!(
+        matches!(&missing, RpcError::MissingArgument { param, .. } if param == "b"),
+        "expected RpcError::MissingArgument {{ param, .. }} if param == \"b\", got {missing:?}"
+    );
     let string = client(&["--amqp", "calculator.calculate", "a=\"2\"", "op=+", "b=2"]).await.unwrap_err();
-    assert!(matches!(&string, RpcError::InvalidArgument { param, .. } if param == "a"), "{string:?}");
+    assert!(
+        matches!(&string, RpcError::InvalidArgument { param, .. } if param == "a"),
+        "expected RpcError::InvalidArgument {{ param, .. }} if param == \"a\", got {string:?}"
+    );
     let unknown = client(&["--amqp", "calculator.sqrt", "x=2"]).await.unwrap_err();
-    assert!(matches!(&unknown, RpcError::Unavailable { target, .. } if target == "calculator.sqrt"), "{unknown:?}");
+    assert!(
+        matches!(&unknown, RpcError::Unavailable { target, .. } if target == "calculator.sqrt"),
+        "expected RpcError::Unavailable {{ target, .. }} if target == \"calculator.sqrt\", got {unknown:?}"
+    );
 
     server.close().await.unwrap();
     // Closed, the consumer no longer takes requests: the queue stays, nobody answers.
     let unserved = client(&["--amqp", "--timeout", "0.5", "calculator.calculate", "a=2", "op=+", "b=2"]).await;
-    assert!(matches!(unserved, Err(RpcError::DeadlineExceeded { timeout_ms: 500, .. })), "{unserved:?}");
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The interpreter with aio-pika: `$RPC_TEST_PYTHON`, or the venv `scripts/python-env.sh`
-/// makes.
-fn python() -> String {
-    if let Ok(python) = std::env::var("RPC_TEST_PYTHON") {
-        return python;
-    }
-    let out = std::process::Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/python-env.sh");
-    assert!(out.status.success(), "scripts/python-env.sh failed: cannot get aio-pika");
-    String::from_utf8_lossy(&out.stdout).lines().last().expect("python path").trim().to_owned()
+    assert!(
+        matches!(unserved, Err(RpcError::DeadlineExceeded { timeout_ms: 500, .. })),
+        "expected Err(RpcError::DeadlineExceeded {{ timeout_ms: 500, .. }}), got {unserved:?}"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +176,10 @@ async fn the_client_example_with_json_calls_an_aio_pika_jsonrpc_handler_and_repo
     }
     // Python's own argument check comes back as its TypeError.
     let wrong = client(&["--amqp", "--json", &add, "x=2"]).await.unwrap_err();
-    assert!(matches!(&wrong, RpcError::Handler { code: Some(code), .. } if code == "TypeError"), "{wrong:?}");
+    assert!(
+        matches!(&wrong, RpcError::Handler { code: Some(code), .. } if code == "TypeError"),
+        "expected RpcError::Handler {{ code: Some(code), .. }} if code == \"TypeError\", got {wrong:?}"
+    );
 
     // Closing its standard input stops the server.
     drop(server.stdin.take());

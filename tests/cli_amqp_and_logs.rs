@@ -6,15 +6,12 @@
 
 mod common_cli;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common_cli::{run, spawn};
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-
-fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use rpc_testkit::{unique, url};
 
 /// `url` with its password replaced by `password`.
 fn with_password(url: &str, password: &str) -> String {
@@ -22,11 +19,6 @@ fn with_password(url: &str, password: &str) -> String {
     let (userinfo, host) = rest.split_once('@').expect("user:password@host");
     let user = userinfo.split(':').next().unwrap_or("guest");
     format!("{scheme}://{user}:{password}@{host}")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 /// The lines written by the logger (timestamped), not the programs' own messages.

@@ -111,7 +111,7 @@ async fn the_amqp_consumer_on_sigterm_answers_every_request_it_took_and_exits_0(
     use lapin::types::FieldTable;
     use lapin::BasicProperties;
 
-    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = rpc_testkit::url();
     let mut consumer =
         spawn("consumer", &["--amqp", "--pool", "1", "--prefetch", "64"], &[("RABBITMQ_URL", url.as_str())]);
     consumer.stderr_line("consumer: serving", Duration::from_secs(60)).await;

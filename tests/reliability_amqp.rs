@@ -13,9 +13,6 @@
 #[path = "common_amqp/mod.rs"]
 mod common_amqp;
 
-#[path = "../examples/services/mod.rs"]
-mod services;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +30,7 @@ use lapin::{BasicProperties, Channel, Consumer};
 use rpc::amqp::{codec, CallOptions, Codec, Rpc};
 use rpc::core::HandlerError;
 use rpc::{kwargs, RpcError};
+use rpc_testkit::services;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -621,7 +619,10 @@ async fn a_malformed_reply_to_a_call_fails_that_call_at_once_with_a_clear_error_
         "{unknown_type:?}"
     );
     let (text_error, _) = call(2).await;
-    assert!(matches!(&text_error, Err(RpcError::Handler { message, .. }) if message == "just text"), "{text_error:?}");
+    assert!(
+        matches!(&text_error, Err(RpcError::Handler { message, .. }) if message == "just text"),
+        "expected Err(RpcError::Handler {{ message, .. }}) if message == \"just text\", got {text_error:?}"
+    );
     // A content type the client does not speak is refused, not guessed at (read as
     // MessagePack, `"a string"` would start with the integer 34).
     let (wrong_codec, _) = call(3).await;
@@ -630,7 +631,10 @@ async fn a_malformed_reply_to_a_call_fails_that_call_at_once_with_a_clear_error_
         "{wrong_codec:?}"
     );
     let (late, took) = call(4).await;
-    assert!(matches!(&late, Err(RpcError::DeadlineExceeded { .. })), "{late:?}");
+    assert!(
+        matches!(&late, Err(RpcError::DeadlineExceeded { .. })),
+        "expected Err(RpcError::DeadlineExceeded {{ .. }}), got {late:?}"
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
     // The late reply arrives now and is dropped; the next call gets its own answer.
     assert_eq!(call(5).await.0.unwrap(), 5);
@@ -1028,7 +1032,10 @@ async fn amqp_and_amqps_urls_to_a_silent_peer_fail_at_the_connect_timeout_instea
         let err = outcome.unwrap_or_else(|_| panic!("{scheme}: connect to a silent peer hung for 60 s")).unwrap_err();
         let took = started.elapsed();
         println!("{scheme} to a silent peer: {took:?}: {err}");
-        assert!(matches!(&err, rpc::amqp::Error::ConnectTimeout { timeout, .. } if *timeout == limit), "{err:?}");
+        assert!(
+            matches!(&err, rpc::amqp::Error::ConnectTimeout { timeout, .. } if *timeout == limit),
+            "expected rpc::amqp::Error::ConnectTimeout {{ timeout, .. }} if *timeout == limit, got {err:?}"
+        );
         assert!(took >= limit && took < limit + Duration::from_secs(5), "{took:?}");
         let shown = format!("{err} | {err:?}");
         assert!(!shown.contains(&secret) && shown.contains("guest:***@"), "{shown}");

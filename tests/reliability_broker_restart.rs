@@ -1,20 +1,11 @@
-//! The broker restarted under steady load (issue 6 §4): every call ends in its result or a
-//! clear error within its deadline, and service comes back by itself, within a bounded time,
-//! with no process restarted.
+//! A broker restarted under steady load: every call ends in its result or a clear error
+//! within its deadline, and service comes back by itself, within a bounded time, with no
+//! process restarted.
 //!
-//! These tests stop the broker, which breaks every other test using it, so this target is
-//! left out of `cargo test --workspace` (`test = false` in the root `Cargo.toml`).
-//! `scripts/test.sh` runs it alone, after the rest:
-//!
-//! ```text
-//! cargo test --test reliability_broker_restart -- --test-threads=1
-//! ```
-//!
-//! It needs `rabbitmqctl` and `rabbitmq-server` (root, next to the broker). Whatever
-//! happens, a drop guard leaves the broker running.
-
-#[path = "common_amqp/mod.rs"]
-mod common_amqp;
+//! Each test restarts a private RabbitMQ node of its own (`rpc_testkit::node`: own node name,
+//! port and data directory, removed afterwards), never the broker at `$RABBITMQ_URL`, whose
+//! uptime each test checks is unchanged. It needs `rabbitmqctl` and `rabbitmq-server` (root,
+//! next to the broker) and a free port in 5690-5699 (`$RPC_TEST_NODE_PORTS`).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -22,10 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common_amqp::{delete_queue, rabbitmqctl, unique, url, wait_for_counts, UrlParts};
 use rpc::amqp::{CallOptions, Rpc};
 use rpc::core::HandlerError;
 use rpc::kwargs;
+use rpc_testkit::broker::rabbitmqctl;
+use rpc_testkit::node::PrivateNode;
+use rpc_testkit::unique;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,11 +37,13 @@ const DOWN_FOR: Duration = Duration::from_secs(3);
 /// reconnection backoff tops out at 5 s by default).
 const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 
-/// Whether the broker answers the AMQP protocol header (a bare TCP accept is not enough
-/// while a node boots).
-fn broker_answers() -> bool {
-    let parts = UrlParts::of(&url());
-    let Some(addr) = (parts.host.as_str(), parts.port).to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+/// Whether the broker at `url` answers the AMQP protocol header (a bare TCP accept is not
+/// enough while a node boots).
+fn broker_answers(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &after_scheme[..after_scheme.find(['/', '?']).unwrap_or(after_scheme.len())];
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let Some(addr) = hostport.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
         return false;
     };
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
@@ -57,38 +52,42 @@ fn broker_answers() -> bool {
     stream.write_all(b"AMQP\x00\x00\x09\x01").is_ok() && stream.read(&mut reply).is_ok_and(|n| n > 0)
 }
 
-fn wait_for_broker(limit: Duration) -> Option<Duration> {
+/// How long the default broker (the one `rabbitmqctl` reaches without `-n`) has been up.
+fn default_broker_uptime() -> Duration {
+    let out = rabbitmqctl(&["eval", "element(1, erlang:statistics(wall_clock))."]);
+    let ms = out.trim().parse().unwrap_or_else(|_| panic!("expected milliseconds from rabbitmqctl eval, got {out:?}"));
+    Duration::from_millis(ms)
+}
+
+/// `(ready, unacked, consumers)` of queue `name` on `node`, polled until `ok` holds (at
+/// most `limit`); the last counts and whether they satisfied `ok`.
+async fn node_queue_counts(
+    node: &PrivateNode,
+    name: &str,
+    limit: Duration,
+    ok: impl Fn((u64, u64, u64)) -> bool,
+) -> ((u64, u64, u64), bool) {
     let started = Instant::now();
-    while started.elapsed() < limit {
-        if broker_answers() {
-            return Some(started.elapsed());
+    loop {
+        let out = node.rabbitmqctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ]);
+        let counts = out
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&name))
+            .and_then(|f| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+            .unwrap_or_else(|| panic!("expected queue {name} in rabbitmqctl list_queues, got {out:?}"));
+        if ok(counts) || started.elapsed() > limit {
+            return (counts, ok(counts));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
-/// Starts whatever is stopped: the RabbitMQ application on a live node, or the node itself.
-/// Returns whether the broker answers afterwards. Never panics (it runs in a drop guard).
-fn ensure_broker_running() -> bool {
-    if broker_answers() {
-        return true;
-    }
-    let app = std::process::Command::new("rabbitmqctl").arg("start_app").output();
-    if !app.is_ok_and(|o| o.status.success()) {
-        let _ = std::process::Command::new("rabbitmq-server").arg("-detached").status();
-    }
-    wait_for_broker(Duration::from_secs(120)).is_some()
-}
-
-/// Leaves the broker running, however the test ends.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        if !ensure_broker_running() {
-            eprintln!("reliability_broker_restart: the broker did not come back within 120 s; start it with scripts/ensure-rabbitmq.sh");
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -162,19 +161,20 @@ fn steady_load(
 enum Restart {
     /// `rabbitmqctl stop_app`, then `start_app`: the node stays, every connection is closed.
     App,
-    /// SIGKILL the node's Erlang VM, then `rabbitmq-server -detached`: sockets reset, no
-    /// goodbye.
+    /// SIGKILL the node's Erlang VM, then start it again: sockets reset, no goodbye.
     KillNode,
 }
 
-/// Runs the steady load across one broker restart and checks every call's outcome.
+/// Runs the steady load across one restart of a private node and checks every call's outcome.
 async fn steady_load_survives(restart: Restart, label: &str) {
-    assert!(broker_answers(), "no broker at {}", rpc::amqp::wire::redact_url(&url()));
-    let _guard = BrokerGuard;
+    let uptime_before = tokio::task::spawn_blocking(default_broker_uptime).await.unwrap();
+    let node = Arc::new(tokio::task::spawn_blocking(PrivateNode::start).await.unwrap());
+    let url = node.url().to_owned();
+    assert!(broker_answers(&url), "expected the private node at {url} to answer AMQP, it does not");
     let method = unique("rel-restart");
-    let server = Rpc::connect(&url()).await.expect("server connects");
+    let server = Rpc::connect(&url).await.expect("server connects");
     server.register_async(&method, |w: Work| async move { Ok::<_, HandlerError>(w) }).await.unwrap();
-    let client = Rpc::connect(&url()).await.expect("client connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
 
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,30 +182,25 @@ async fn steady_load_survives(restart: Restart, label: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let stopped_at = epoch.elapsed();
+    let down = Arc::clone(&node);
     match restart {
-        Restart::App => {
-            tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await.unwrap();
-        }
-        Restart::KillNode => {
-            let pid = tokio::task::spawn_blocking(|| rabbitmqctl(&["eval", "os:getpid()."])).await.unwrap();
-            let pid = pid.trim().trim_matches('"').to_owned();
-            let status = std::process::Command::new("kill").args(["-9", &pid]).status().expect("kill");
-            assert!(status.success(), "kill -9 {pid}");
-        }
+        Restart::App => tokio::task::spawn_blocking(move || down.rabbitmqctl(&["stop_app"])).await.map(drop).unwrap(),
+        Restart::KillNode => tokio::task::spawn_blocking(move || down.kill()).await.unwrap(),
     }
     tokio::time::sleep(DOWN_FOR).await;
+    let up = Arc::clone(&node);
     let back_at = tokio::task::spawn_blocking(move || {
         match restart {
             Restart::App => {
-                rabbitmqctl(&["start_app"]);
+                up.rabbitmqctl(&["start_app"]);
             }
-            Restart::KillNode => {
-                let status =
-                    std::process::Command::new("rabbitmq-server").arg("-detached").status().expect("rabbitmq-server");
-                assert!(status.success(), "rabbitmq-server -detached: {status}");
-            }
+            Restart::KillNode => up.restart(),
         }
-        assert!(wait_for_broker(Duration::from_secs(120)).is_some(), "the broker did not come back");
+        let started = Instant::now();
+        while !broker_answers(up.url()) {
+            assert!(started.elapsed() < Duration::from_secs(120), "expected the node back within 120 s, it is not");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     })
     .await
     .map(|()| epoch.elapsed())
@@ -273,14 +268,21 @@ async fn steady_load_survives(restart: Restart, label: &str) {
         late_failures.first()
     );
     assert!(recovery < RECOVERY_LIMIT, "{recovery:?}");
-    let (counts, settled) = wait_for_counts(&method, Duration::from_secs(30), |c| c.ready == 0 && c.unacked == 0).await;
-    assert!(settled, "{counts:?}");
-    assert_eq!(counts.consumers, 1, "the server consumes again");
-    assert_eq!(client.pending_calls(), 0);
+    let (counts, settled) =
+        node_queue_counts(&node, &method, Duration::from_secs(30), |(ready, unacked, _)| ready == 0 && unacked == 0)
+            .await;
+    assert!(settled, "expected no ready or unacked requests left, got (ready, unacked, consumers) {counts:?}");
+    assert_eq!(counts.2, 1, "expected the server to consume again, got (ready, unacked, consumers) {counts:?}");
+    assert_eq!(client.pending_calls(), 0, "expected no pending calls after the load ended");
     for rpc in [&client, &server] {
         rpc.close().await.unwrap();
     }
-    delete_queue(&method).await;
+    drop(node);
+    let uptime_after = tokio::task::spawn_blocking(default_broker_uptime).await.unwrap();
+    assert!(
+        uptime_after > uptime_before,
+        "expected the default broker untouched (its uptime growing), got {uptime_before:?} before, {uptime_after:?} after"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,16 +293,5 @@ async fn broker_app_restarted_under_steady_load_every_call_ends_within_its_deadl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_node_sigkilled_and_restarted_under_steady_load_every_call_ends_within_its_deadline_and_service_resumes()
 {
-    steady_load_survives(Restart::KillNode, "SIGKILL node, rabbitmq-server -detached").await;
-}
-
-#[test]
-fn restart_target_sees_a_running_broker_when_it_starts_and_leaves_one_when_it_ends() {
-    // Both restart tests leave the broker up through their guard; this test, whichever order
-    // it runs in, fails if they did not (or if there was no broker to begin with).
-    assert!(
-        wait_for_broker(Duration::from_secs(120)).is_some(),
-        "no broker at {}",
-        rpc::amqp::wire::redact_url(&url())
-    );
+    steady_load_survives(Restart::KillNode, "SIGKILL node, start it again").await;
 }

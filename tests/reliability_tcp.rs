@@ -20,9 +20,6 @@
 //! Tests that measure memory or open thousands of sockets take [`HEAVY`] first, so that within
 //! this binary they never overlap and the peak-RSS numbers are their own.
 
-#[path = "../examples/services/mod.rs"]
-mod services;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,6 +32,7 @@ use rpc::core::Registry;
 use rpc::rpc_service;
 use rpc::tcp::frame::{self, ParsedReply, RequestLine};
 use rpc::tcp::{ClientConfig, Consumer, ConsumerConfig, Limits, Producer, ProducerConfig};
+use rpc_testkit::services;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1208,8 +1206,8 @@ const EXAMPLES: [(&str, &str); 8] = [
     ("calculator.rs", include_str!("../examples/calculator.rs")),
     ("amqp_rpc.rs", include_str!("../examples/amqp_rpc.rs")),
     ("cli/mod.rs", include_str!("../examples/cli/mod.rs")),
-    ("services/calculator.rs", include_str!("../examples/services/calculator.rs")),
-    ("services/neural_net.rs", include_str!("../examples/services/neural_net.rs")),
+    ("services/calculator.rs", include_str!("../rpc-testkit/src/services/calculator.rs")),
+    ("services/neural_net.rs", include_str!("../rpc-testkit/src/services/neural_net.rs")),
 ];
 
 #[test]

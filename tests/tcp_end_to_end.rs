@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calculator_example::services::{self, CalculatorClient, NeuralNetClient};
 use rpc::core::{Args, Request, RpcError, Transport};
 use rpc::tcp::{Consumer, ConsumerConfig, Producer, ProducerConfig, TcpTransport};
+use rpc_testkit::services::{self, CalculatorClient, NeuralNetClient};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

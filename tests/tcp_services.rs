@@ -1,15 +1,12 @@
 //! The example services over the text protocol (a real Consumer on loopback): the
 //! calculator's operators and errors, and the neural network's XOR answers.
 
-#[path = "../examples/services/mod.rs"]
-mod services;
-
 use std::sync::Arc;
 use std::time::Instant;
 
 use rpc::core::{MemoryTransport, Registry, RpcError};
 use rpc::tcp::{Consumer, ConsumerConfig, TcpTransport};
-use services::{Calculator, CalculatorClient, NeuralNet, NeuralNetClient};
+use rpc_testkit::services::{self, Calculator, CalculatorClient, NeuralNet, NeuralNetClient};
 
 /// A Consumer for `registry` on a free loopback port, serving until the test ends.
 async fn consumer(registry: Registry) -> TcpTransport {

@@ -35,8 +35,10 @@ struct Echo {
     data: String,
 }
 
+/// `$RABBITMQ_URL`'s broker on a vhost of the benchmark's own, created at start and deleted at
+/// exit with everything in it (its `bench.*` queues included): see `rpc_testkit::broker`.
 pub fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    rpc_testkit::url()
 }
 
 fn runtime(name: &str) -> Runtime {
@@ -254,6 +256,8 @@ pub fn held_calls_rss(calls: usize) -> Result<(u64, u64, Duration), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .args(["hold-server", "--method", &method, "--calls", &calls.to_string()])
+        // The benchmark's vhost (the child uses it instead of creating its own).
+        .env("RABBITMQ_URL", url())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;

@@ -12,10 +12,6 @@ mod peer;
 mod stats;
 mod tcp;
 
-/// The example services, exactly as users run them.
-#[path = "../../examples/services/mod.rs"]
-mod services;
-
 #[derive(Parser)]
 #[command(about = "Benchmarks for the rpc workspace: medians of several runs, ratios against raw floors")]
 struct Cli {

@@ -16,9 +16,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 use crate::load::closed_loop;
-use crate::services::Calculator;
 use crate::stats::{Run, Summary};
 use crate::Settings;
+use rpc_testkit::services::Calculator;
 
 const REQUEST: &[u8] = b"calculator calculate 2 + 2\n";
 

@@ -297,11 +297,17 @@ async fn losing_the_connection_fails_pending_calls_at_once_with_a_transport_erro
     client_conn.close(320, "dropped by the test".into()).await.unwrap();
     let closed_at = std::time::Instant::now();
     let (result, _) = call.await.unwrap();
-    assert!(matches!(result, Err(RpcError::Transport { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(RpcError::Transport { .. })),
+        "expected Err(RpcError::Transport {{ .. }}), got {result:?}"
+    );
     assert!(closed_at.elapsed() < Duration::from_secs(2), "{:?}", closed_at.elapsed());
     // An Rpc on a caller's channel does not reconnect: later calls fail at once, clearly.
     let (later, took) = timed(client.call::<u8>(&name, kwargs! {})).await;
-    assert!(matches!(&later, Err(RpcError::Transport { message, .. }) if message.contains("lost")), "{later:?}");
+    assert!(
+        matches!(&later, Err(RpcError::Transport { message, .. }) if message.contains("lost")),
+        "expected Err(RpcError::Transport {{ message, .. }}) if message.contains(\"lost\"), got {later:?}"
+    );
     assert!(took < Duration::from_secs(1));
     assert!(!client.is_connected());
 }
@@ -350,7 +356,10 @@ async fn rpc_that_owns_its_connection_reconnects_after_the_broker_closes_it() {
     let closed_at = std::time::Instant::now();
 
     let (result, _) = pending.await.unwrap();
-    assert!(matches!(result, Err(RpcError::Transport { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(RpcError::Transport { .. })),
+        "expected Err(RpcError::Transport {{ .. }}), got {result:?}"
+    );
     let waited = closed_at.elapsed();
     assert!(waited < Duration::from_secs(3), "the pending call failed {waited:?} after the close");
 

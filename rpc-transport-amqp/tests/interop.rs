@@ -4,34 +4,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::{rpc, unique};
 use rpc_core::{kwargs, HandlerError, RpcError};
+use rpc_testkit::{python, workspace_root as root};
 use rpc_transport_amqp::{CallOptions, Codec};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> String {
-    if let Ok(python) = std::env::var("RPC_TEST_PYTHON") {
-        return python;
-    }
-    let out = std::process::Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/python-env.sh");
-    assert!(out.status.success(), "scripts/python-env.sh failed: cannot get aio-pika for the interop tests");
-    String::from_utf8_lossy(&out.stdout).lines().last().expect("python path").trim().to_owned()
-}
 
 async fn python_call(method: &str, kwargs: Value) -> Value {
     let out = Command::new(python())
@@ -115,7 +98,10 @@ async fn rust_json_call_reaches_an_aio_pika_jsonrpc_handler_and_gets_its_result_
     }
     // A Python TypeError (wrong kwargs) is an error too, with its type.
     let err = rpc.call_with::<f64>(&format!("{prefix}.add"), kwargs! { "x" => 1 }, json).await.unwrap_err();
-    assert!(matches!(&err, RpcError::Handler { code: Some(code), .. } if code == "TypeError"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Handler { code: Some(code), .. } if code == "TypeError"),
+        "expected RpcError::Handler {{ code: Some(code), .. }} if code == \"TypeError\", got {err:?}"
+    );
 
     // Our declaration of a method queue aio-pika declared is accepted (identical arguments:
     // a mismatch would be PRECONDITION_FAILED), so Rust and Python servers can compete.

@@ -101,7 +101,10 @@ async fn a_layer_sees_every_request_the_rpc_serves_with_the_callers_context() {
         assert_eq!(client.hello(format!("n{i}")).await.unwrap(), format!("hello n{i}"));
     }
     let err = client.fail().await.unwrap_err();
-    assert!(matches!(&err, RpcError::Handler { code: Some(c), .. } if c == "nope"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Handler { code: Some(c), .. } if c == "nope"),
+        "expected RpcError::Handler {{ code: Some(c), .. }} if c == \"nope\", got {err:?}"
+    );
     let seven: u8 = client_rpc.call(&plain, kwargs! {}).await.unwrap();
     assert_eq!(seven, 7);
 

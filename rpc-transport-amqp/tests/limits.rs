@@ -30,7 +30,10 @@ async fn a_server_stops_a_request_at_its_max_run_even_when_the_caller_would_wait
     let started = Instant::now();
     let err = client.call_with::<u64>(&method, kwargs! {"ms" => 30_000}, options).await.unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(&err, RpcError::DeadlineExceeded { timeout_ms: 300, .. }), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::DeadlineExceeded { timeout_ms: 300, .. }),
+        "expected RpcError::DeadlineExceeded {{ timeout_ms: 300, .. }}, got {err:?}"
+    );
     assert!(took < Duration::from_secs(10), "the caller waited {took:?}");
     // A short request under the same server still succeeds.
     assert_eq!(client.call::<u64>(&method, kwargs! {"ms" => 1}).await.unwrap(), 1);

@@ -90,7 +90,10 @@ async fn call_times_out_when_the_queue_exists_but_nobody_consumes_it() {
     let limit = Duration::from_millis(300);
     let (result, took) =
         timed(rpc.call_with::<f64>(&name, kwargs! { "t" => 1 }, CallOptions::new().timeout(limit))).await;
-    assert!(matches!(result, Err(RpcError::DeadlineExceeded { timeout_ms: 300, .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(RpcError::DeadlineExceeded { timeout_ms: 300, .. })),
+        "expected Err(RpcError::DeadlineExceeded {{ timeout_ms: 300, .. }}), got {result:?}"
+    );
     assert!(took >= limit && took < Duration::from_secs(5), "{took:?}");
     assert_eq!(rpc.pending_calls(), 0);
 }
@@ -116,7 +119,10 @@ async fn call_times_out_when_a_server_took_the_request_and_hangs() {
     let limit = Duration::from_millis(500);
     let call = client.call_with::<u32>(&name, kwargs! {}, CallOptions::new().timeout(limit));
     let ((result, took), ()) = tokio::join!(timed(call), started.notified());
-    assert!(matches!(result, Err(RpcError::DeadlineExceeded { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(RpcError::DeadlineExceeded { .. })),
+        "expected Err(RpcError::DeadlineExceeded {{ .. }}), got {result:?}"
+    );
     assert!(took >= limit && took < Duration::from_secs(5), "{took:?}");
     // The server's guard ends the handler at the caller's deadline and acks the request.
     server.close().await.unwrap();
@@ -195,7 +201,10 @@ async fn handler_error_reaches_the_caller_with_its_code_and_message_and_the_serv
     }
     // Argument errors are the handler side's too, with the argument named.
     let err = rpc.call::<f64>(&name, kwargs! { "a" => 1 }).await.unwrap_err();
-    assert!(matches!(err, RpcError::InvalidArgument { .. }), "{err:?}");
+    assert!(
+        matches!(err, RpcError::InvalidArgument { .. }),
+        "expected RpcError::InvalidArgument {{ .. }}, got {err:?}"
+    );
     assert!(err.to_string().contains("missing field `b`"), "{err}");
 }
 
@@ -214,9 +223,15 @@ async fn handler_panic_reaches_the_caller_as_panic_and_the_server_keeps_serving(
     let blocking = unique("panicky-sync");
     rpc.register_blocking(&blocking, |_: Nothing| -> Result<u8, HandlerError> { panic!("sync boom") }).await.unwrap();
     let err = rpc.call::<u64>(&name, kwargs! { "n" => 0 }).await.unwrap_err();
-    assert!(matches!(&err, RpcError::Panic { message, .. } if message == "zero is not allowed"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Panic { message, .. } if message == "zero is not allowed"),
+        "expected RpcError::Panic {{ message, .. }} if message == \"zero is not allowed\", got {err:?}"
+    );
     let err = rpc.call::<u8>(&blocking, kwargs! {}).await.unwrap_err();
-    assert!(matches!(&err, RpcError::Panic { message, .. } if message == "sync boom"), "{err:?}");
+    assert!(
+        matches!(&err, RpcError::Panic { message, .. } if message == "sync boom"),
+        "expected RpcError::Panic {{ message, .. }} if message == \"sync boom\", got {err:?}"
+    );
     assert_eq!(rpc.call::<u64>(&name, kwargs! { "n" => 7 }).await.unwrap(), 7);
 }
 
@@ -387,7 +402,7 @@ async fn close_fails_pending_calls_with_closed_and_later_calls_too() {
     started.notified().await;
     client.close().await.unwrap();
     let (result, took) = call.await.unwrap();
-    assert!(matches!(result, Err(RpcError::Closed)), "{result:?}");
+    assert!(matches!(result, Err(RpcError::Closed)), "expected Err(RpcError::Closed), got {result:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(matches!(client.call::<u8>(&name, kwargs! {}).await, Err(RpcError::Closed)));
     assert!(matches!(
@@ -430,7 +445,10 @@ async fn graceful_close_answers_requests_in_flight_before_closing() {
     let err = client
         .call_with::<u64>(&name, kwargs! { "n" => 1 }, CallOptions::new().timeout(Duration::from_millis(200)))
         .await;
-    assert!(matches!(err, Err(RpcError::DeadlineExceeded { .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(RpcError::DeadlineExceeded { .. })),
+        "expected Err(RpcError::DeadlineExceeded {{ .. }}), got {err:?}"
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,10 @@ async fn typed_calculator_client_runs_over_amqp() {
             "{err:?}"
         );
         let err = client.clone().with_deadline(Duration::from_millis(200)).slow(5_000).await.unwrap_err();
-        assert!(matches!(err, RpcError::DeadlineExceeded { timeout_ms: 200, .. }), "{err:?}");
+        assert!(
+            matches!(err, RpcError::DeadlineExceeded { timeout_ms: 200, .. }),
+            "expected RpcError::DeadlineExceeded {{ timeout_ms: 200, .. }}, got {err:?}"
+        );
         assert_eq!(client.slow(1).await.unwrap(), 1);
     }
 
@@ -72,6 +75,6 @@ async fn typed_calculator_client_runs_over_amqp() {
     assert_eq!(four, 4.0);
     // No such method: no queue, so the broker returns the request at once.
     let err = client_rpc.call::<f64>("amqp_typed_calculator.nope", kwargs! {}).await.unwrap_err();
-    assert!(matches!(err, RpcError::Unavailable { .. }), "{err:?}");
+    assert!(matches!(err, RpcError::Unavailable { .. }), "expected RpcError::Unavailable {{ .. }}, got {err:?}");
     server.close().await.unwrap();
 }

@@ -44,18 +44,8 @@ pub async fn rpc() -> (Connection, Rpc) {
     (conn, rpc)
 }
 
-/// Runs `rabbitmqctl` (the tests run as root next to the broker) and returns its stdout.
-///
-/// # Panics
-/// When it cannot run or fails: the test needs it.
-pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?} cannot run ({e}); the reliability tests need it"));
-    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+/// `rabbitmqctl` (the tests run as root next to the broker) and the vhost a URL names.
+pub use rpc_testkit::broker::{rabbitmqctl, vhost_of};
 
 /// What the broker says about one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,32 +88,6 @@ pub async fn queue_counts(name: &str) -> QueueCounts {
     })
     .await
     .expect("rabbitmqctl task")
-}
-
-/// The virtual host an AMQP URL names: its percent-decoded path, `/` when there is none.
-pub fn vhost_of(url: &str) -> String {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = after_scheme.find('/').map_or("", |i| &after_scheme[i + 1..]);
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if path.is_empty() {
-        return "/".to_owned();
-    }
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Polls [`queue_counts`] until `ok` holds, at most `limit`; returns the last counts and
@@ -204,6 +168,8 @@ impl RoleProcess {
         command
             .args(["--exact", test, "--nocapture", "--test-threads=1", "-q"])
             .env(ROLE_ENV, role)
+            // The parent's vhost (see `rpc_testkit::broker`).
+            .env("RABBITMQ_URL", url())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() })

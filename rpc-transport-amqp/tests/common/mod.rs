@@ -1,6 +1,7 @@
-//! Helpers shared by the broker tests. Every test uses its own queue names (uuid suffix), so
-//! the tests run in parallel against one broker. Without a broker they fail, loudly.
-#![allow(dead_code, unreachable_pub)]
+//! Helpers shared by the broker tests. Each test process works in a vhost of its own
+//! (`rpc_testkit::url`) and every test uses its own queue names (uuid suffix), so the tests run
+//! in parallel against a broker other programs use too. Without a broker they fail, loudly.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 
@@ -9,14 +10,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use rpc_transport_amqp::Rpc;
 
-pub fn url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// `prefix-<uuid>`: a queue/method name no other test uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
+pub use rpc_testkit::{unique, url};
 
 pub async fn connect() -> Connection {
     match Connection::connect(&url(), ConnectionProperties::default()).await {

@@ -1,4 +1,4 @@
-//! `Calculator`: the seed's `calculator calculate 2 + 2`.
+//! `Calculator`: `calculator calculate 2 + 2`, the first call of the design document.
 
 use rpc::core::error::quote;
 use rpc::core::HandlerError;

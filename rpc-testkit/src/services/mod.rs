@@ -1,9 +1,7 @@
-//! The example services, shared by every example and the end-to-end tests.
-//!
-//! Examples include it with `mod services;`, tests with
-//! `#[path = "../examples/services/mod.rs"] mod services;`.
+//! The example services: what the examples serve, the benchmark measures and the end-to-end
+//! tests call.
 // Each example or test uses a different part of this module.
-#![allow(dead_code, unused_imports)]
+#![allow(unused_imports)]
 
 pub mod calculator;
 pub mod neural_net;
