@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use rpc_core::{Reply, Request, RpcError, Transport};
+use rpc_core::{Context, Reply, Request, RpcError, Transport};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -287,13 +287,18 @@ impl Transport for Producer {
 }
 
 impl Respond for Inner {
-    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
+    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>, ctx: Context) -> Vec<u8> {
         if let Some(reply) = self.answer_system(&line) {
             tracing::debug!(service = %line.service, method = %line.method, ?peer, "answered by the producer itself");
             return reply;
         }
         let started = std::time::Instant::now();
-        let result = self.forward(&line, self.config.task_timeout).await;
+        // A client that leaves cancels its task: the attempt in flight is dropped, and the
+        // consumer sees its connection close.
+        let result = tokio::select! {
+            result = self.forward(&line, self.config.task_timeout) => result,
+            () = ctx.cancelled() => Err(RpcError::Cancelled { target: line.target() }),
+        };
         let elapsed = started.elapsed();
         let (service, method) = (&line.service, &line.method);
         match result {

@@ -12,14 +12,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use rpc_core::RpcError;
+use rpc_core::{Context, RpcError};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 
 use crate::config::Limits;
-use crate::connection::Connection;
+use crate::connection::{Connection, Departure};
 use crate::error::fmt_duration;
 use crate::frame::{self, RequestLine};
 
@@ -41,10 +41,21 @@ pub(crate) const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 /// Longest linger, and longest write, for a connection turned away.
 const REJECT_LINGER: Duration = Duration::from_millis(500);
 
+/// How long a request still runs after its client closed the connection, before it is
+/// cancelled. A client that only closed its sending side (and waits for the reply) cannot be
+/// told from one that left; a short call still gets its reply to such a client.
+pub(crate) const DEPARTURE_GRACE: Duration = Duration::from_millis(500);
+
 /// What a server answers to one request line.
 pub(crate) trait Respond: Send + Sync + 'static {
-    /// The complete reply bytes for `line` (success or error form).
-    fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> impl Future<Output = Vec<u8>> + Send;
+    /// The complete reply bytes for `line` (success or error form). `ctx` is cancelled when the
+    /// client leaves; the reply then comes soon (it is written if the client still reads).
+    fn respond(
+        &self,
+        line: RequestLine,
+        peer: Option<SocketAddr>,
+        ctx: Context,
+    ) -> impl Future<Output = Vec<u8>> + Send;
 }
 
 /// Connections still waiting for their request line, oldest first, each with a way to evict
@@ -277,7 +288,38 @@ async fn handle<R: Respond>(mut conn: Connection, permit: OwnedSemaphorePermit, 
             return;
         }
     };
-    let reply = shared.responder.respond(line, peer).await;
+    let ctx = Context::new();
+    let respond = shared.responder.respond(line, peer, ctx.clone());
+    tokio::pin!(respond);
+    let departure = tokio::select! {
+        // A reply that is ready is written, whatever else happened meanwhile.
+        biased;
+        reply = &mut respond => Ok(reply),
+        departure = conn.departed() => Err(departure),
+    };
+    let reply = match departure {
+        Ok(reply) => reply,
+        Err(departure) => {
+            let reply = match departure {
+                Departure::Closed => tokio::time::timeout(DEPARTURE_GRACE, &mut respond).await.ok(),
+                _ => None,
+            };
+            match reply {
+                Some(reply) => reply,
+                None => {
+                    tracing::debug!(role, ?peer, ?departure, "the client left; cancelling its request");
+                    ctx.cancel();
+                    if departure != Departure::Closed {
+                        return;
+                    }
+                    // It may still read: tell it why there is no result.
+                    let Ok(reply) = tokio::time::timeout(REJECT_LINGER, &mut respond).await else { return };
+                    let _ = conn.write_reply(&reply, limits.write_timeout.min(REJECT_LINGER)).await;
+                    return;
+                }
+            }
+        }
+    };
     match conn.write_reply(&reply, limits.write_timeout).await {
         Ok(()) if conn.has_unread() => conn.linger(limits.linger).await,
         Ok(()) => {}
