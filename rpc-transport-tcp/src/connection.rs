@@ -131,6 +131,13 @@ impl Connection {
         }
     }
 
+    /// The socket and the bytes received after the request line, for a connection that leaves
+    /// the one-line protocol (a link).
+    pub(crate) fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+        let rest = self.buffer.split_off(self.consumed.min(self.buffer.len()));
+        (self.stream, rest)
+    }
+
     /// Writes the whole reply and closes the sending side (the client then sees end of
     /// stream).
     ///

@@ -107,6 +107,8 @@ impl Consumer {
 }
 
 impl Respond for Inner {
+    const LINKS: bool = true;
+
     async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>, ctx: Context) -> Vec<u8> {
         if system::is_reserved(&line.service) {
             let route = system::route(&line, || {

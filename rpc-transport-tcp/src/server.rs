@@ -22,6 +22,8 @@ use crate::config::Limits;
 use crate::connection::{Connection, Departure};
 use crate::error::fmt_duration;
 use crate::frame::{self, RequestLine};
+use crate::link;
+use tokio::io::AsyncWriteExt;
 
 /// Connections beyond the cap that may wait for a slot at once: as many as the cap, and at
 /// least this many. Past that they are closed without a word (the server is then being
@@ -48,6 +50,9 @@ pub(crate) const DEPARTURE_GRACE: Duration = Duration::from_millis(500);
 
 /// What a server answers to one request line.
 pub(crate) trait Respond: Send + Sync + 'static {
+    /// Whether it takes links (`_rpc link 1`): Consumers do, the Producer does not.
+    const LINKS: bool = false;
+
     /// The complete reply bytes for `line` (success or error form). `ctx` is cancelled when the
     /// client leaves; the reply then comes soon (it is written if the client still reads).
     fn respond(
@@ -288,6 +293,9 @@ async fn handle<R: Respond>(mut conn: Connection, permit: OwnedSemaphorePermit, 
             return;
         }
     };
+    if R::LINKS && link::is_link_request(&line) {
+        return serve_link(conn, &line, permit, shared).await;
+    }
     let ctx = Context::new();
     let respond = shared.responder.respond(line, peer, ctx.clone());
     tokio::pin!(respond);
@@ -325,6 +333,39 @@ async fn handle<R: Respond>(mut conn: Connection, permit: OwnedSemaphorePermit, 
         Ok(()) => {}
         Err(e) => tracing::debug!(role, ?peer, error = %e, "could not write the reply"),
     }
+    drop(permit);
+}
+
+/// Turns the connection into a link, if `line` asks for a version this server speaks, and
+/// serves it; `permit` is its slot, held until the link ends.
+async fn serve_link<R: Respond>(
+    mut conn: Connection,
+    line: &RequestLine,
+    permit: OwnedSemaphorePermit,
+    shared: &Shared<R>,
+) {
+    let (role, limits, peer) = (shared.role, &shared.limits, conn.peer());
+    if line.args != [link::VERSION.to_string()] {
+        let error = RpcError::bad_request(format!(
+            "{}: this server speaks link version {} only (asked for {:?})",
+            line.target(),
+            link::VERSION,
+            line.args
+        ));
+        if conn.write_reply(&frame::encode_error(&error), limits.write_timeout).await.is_ok() {
+            conn.linger(limits.linger).await;
+        }
+        return;
+    }
+    let (mut stream, rest) = conn.into_parts();
+    let hello = link::hello_answer(link::max_request_frame(limits));
+    match tokio::time::timeout(limits.write_timeout, stream.write_all(&hello)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    tracing::debug!(role, ?peer, "link opened");
+    let responder = Arc::clone(&shared.responder);
+    link::serve::serve(role, stream, rest, responder, limits.clone(), shared.stop.clone(), peer).await;
     drop(permit);
 }
 
