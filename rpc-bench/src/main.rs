@@ -43,6 +43,15 @@ enum What {
     Amqp,
     /// Cost growth: payload sizes, and RSS of a server holding 10,000 calls.
     Growth,
+    /// TCP cost growth: Producer throughput with 2, 4 and 8 consumers; RSS per idle connection
+    /// held by a Consumer (10,000; raise `ulimit -n` first).
+    TcpGrowth,
+    /// Internal: the Consumer process of the idle-connection measurement.
+    #[command(hide = true)]
+    HoldIdle {
+        #[arg(long)]
+        count: usize,
+    },
     /// Internal: the server process of the RSS measurement.
     #[command(hide = true)]
     HoldServer {
@@ -62,6 +71,10 @@ pub struct Settings {
 
 fn main() {
     let cli = Cli::parse();
+    if let What::HoldIdle { count } = &cli.what {
+        tcp::hold_idle(*count);
+        return;
+    }
     if let What::HoldServer { method, calls } = &cli.what {
         amqp::hold_server(method, *calls);
         return;
@@ -82,6 +95,15 @@ fn main() {
     if all || cli.what == What::Tcp {
         let rows = tcp::run(&settings);
         stats::print_table("TCP, one connection per request (`calculator calculate 2 + 2`)", &rows, "(c) raw floor");
+    }
+    if all || cli.what == What::TcpGrowth {
+        let rows = tcp::scale(&settings);
+        stats::print_table("TCP Producer throughput by number of consumers (32 clients)", &rows, "(c) raw floor");
+        let count = if cli.quick { 500 } else { 10_000 };
+        match tcp::idle_connections(count) {
+            Ok(kib) => println!("\nConsumer holding {count} idle connections: {kib:.1} KiB of its RSS per connection"),
+            Err(e) => println!("\n(idle connections skipped: {e})"),
+        }
     }
     if all || cli.what == What::Amqp {
         let mut rows = amqp::run(&settings);
