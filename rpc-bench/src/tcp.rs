@@ -276,3 +276,28 @@ pub fn idle_connections(count: usize) -> Result<f64, String> {
     let _ = child.wait();
     result
 }
+
+/// The floor, the Consumer and the Producer at 1 to 256 clients, for the pictures.
+pub fn sweep(settings: &Settings, clients: &[usize]) -> Vec<Summary> {
+    let servers = Servers::new();
+    let scenarios = [
+        ("raw floor", servers.raw_floor()),
+        ("consumer", servers.consumer()),
+        ("producer → 2 consumers", servers.producer(vec![servers.consumer(), servers.consumer()])),
+    ];
+    let mut out = Vec::new();
+    for &concurrency in clients {
+        eprintln!("sweep: {concurrency} clients");
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];
+        for _ in 0..settings.reps {
+            for (i, (_, addr)) in scenarios.iter().enumerate() {
+                runs[i].push(measure(*addr, concurrency, settings));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        for (i, (name, _)) in scenarios.iter().enumerate() {
+            out.push(Summary::of(name, concurrency, &runs[i]));
+        }
+    }
+    out
+}
