@@ -125,8 +125,12 @@ impl Link {
     }
 
     /// Whether a new task may go on it.
+    ///
+    /// A link whose writer is gone (the runtime that opened it shut down) is not.
     pub(crate) fn usable(&self) -> bool {
-        !self.shared.closed.load(Ordering::Acquire) && !self.shared.going_away.load(Ordering::Acquire)
+        !self.shared.closed.load(Ordering::Acquire)
+            && !self.shared.going_away.load(Ordering::Acquire)
+            && !self.out.is_closed()
     }
 
     /// Sends `request` (its id is set here) and waits for its reply. When the returned future
