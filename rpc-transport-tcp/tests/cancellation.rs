@@ -213,3 +213,32 @@ async fn every_call_goes_through_the_consumers_layers() {
     assert!(raw_text(addr, "_rpc health\n").await.starts_with("{\"role\":\"consumer\""));
     server.abort();
 }
+
+#[tokio::test]
+async fn a_callers_deadline_travels_on_the_link_and_ends_the_handlers_work_on_the_consumer() {
+    let (registry, a, s) = counters();
+    let backend = consumer(registry, ConsumerConfig::default()).await;
+    let gateway = test_producer(vec![backend.addr]);
+    // The producer's own wait ends at the deadline too; the point is the consumer's work.
+    let client = AsyncCounterClient::new(gateway.clone()).with_deadline(Duration::from_millis(300));
+    let err = within(10, client.count(100)).await.unwrap_err();
+    assert!(matches!(err, rpc_core::RpcError::DeadlineExceeded { .. }), "{err:?}");
+    assert_stopped(&a).await;
+    let client = SyncCounterClient::new(gateway).with_deadline(Duration::from_millis(300));
+    let err = within(10, client.count(100)).await.unwrap_err();
+    assert!(matches!(err, rpc_core::RpcError::DeadlineExceeded { .. }), "{err:?}");
+    assert_stopped(&s).await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_that_times_out_on_a_link_cancels_the_task_on_the_consumer() {
+    let (registry, a, _) = counters();
+    let backend = consumer(registry, ConsumerConfig::default()).await;
+    let config = rpc_transport_tcp::ProducerConfig::default().with_attempt_timeout(Duration::from_millis(300));
+    let gateway = rpc_transport_tcp::Producer::new(vec![backend.addr], config);
+    let err = within(10, AsyncCounterClient::new(gateway).count(100)).await.unwrap_err();
+    assert!(matches!(err, rpc_core::RpcError::Unavailable { .. }), "{err:?}");
+    assert_stopped(&a).await;
+    backend.stop().await;
+}
