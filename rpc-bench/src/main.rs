@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod amqp;
 mod load;
 mod peer;
+mod plot;
 mod stats;
 mod tcp;
 
@@ -39,6 +40,21 @@ enum What {
     Amqp,
     /// Cost growth: payload sizes, and RSS of a server holding 10,000 calls.
     Growth,
+    /// TCP cost growth: Producer throughput with 2, 4 and 8 consumers; RSS per idle connection
+    /// held by a Consumer (10,000; raise `ulimit -n` first).
+    TcpGrowth,
+    /// TCP at 1 to 256 clients: a table, and SVG pictures of calls/s and p99 written to `--out`.
+    TcpPlot {
+        /// Where the pictures go.
+        #[arg(long, default_value = "benchmarks")]
+        out: std::path::PathBuf,
+    },
+    /// Internal: the Consumer process of the idle-connection measurement.
+    #[command(hide = true)]
+    HoldIdle {
+        #[arg(long)]
+        count: usize,
+    },
     /// Internal: the server process of the RSS measurement.
     #[command(hide = true)]
     HoldServer {
@@ -58,6 +74,10 @@ pub struct Settings {
 
 fn main() {
     let cli = Cli::parse();
+    if let What::HoldIdle { count } = &cli.what {
+        tcp::hold_idle(*count);
+        return;
+    }
     if let What::HoldServer { method, calls } = &cli.what {
         amqp::hold_server(method, *calls);
         return;
@@ -78,6 +98,33 @@ fn main() {
     if all || cli.what == What::Tcp {
         let rows = tcp::run(&settings);
         stats::print_table("TCP, one connection per request (`calculator calculate 2 + 2`)", &rows, "(c) raw floor");
+    }
+    if all || cli.what == What::TcpGrowth {
+        let rows = tcp::scale(&settings);
+        stats::print_table("TCP Producer throughput by number of consumers (32 clients)", &rows, "(c) raw floor");
+        let count = if cli.quick { 500 } else { 10_000 };
+        match tcp::idle_connections(count) {
+            Ok(kib) => println!("\nConsumer holding {count} idle connections: {kib:.1} KiB of its RSS per connection"),
+            Err(e) => println!("\n(idle connections skipped: {e})"),
+        }
+    }
+    if let What::TcpPlot { out } = &cli.what {
+        let rows = tcp::sweep(&settings, &[1, 4, 16, 64, 256]);
+        stats::print_table("TCP by number of clients", &rows, "raw floor");
+        let names = ["raw floor", "consumer", "producer → 2 consumers"];
+        let series: Vec<plot::Series<'_>> =
+            names.iter().map(|n| (*n, rows.iter().filter(|r| r.name == *n).collect())).collect();
+        let drawn = std::fs::create_dir_all(out).map_err(|e| e.to_string()).and_then(|()| {
+            plot::draw(&out.join("tcp-calls.svg"), "TCP: calls/s by clients", "calls/s (median)", &series, |r| r.rate)?;
+            plot::draw(&out.join("tcp-p99.svg"), "TCP: p99 latency by clients", "p99 ms (median)", &series, |r| {
+                r.p99_ms
+            })
+        });
+        if let Err(e) = drawn {
+            eprintln!("drawing failed: {e}");
+            std::process::exit(1);
+        }
+        println!("\npictures: {}", out.display());
     }
     if all || cli.what == What::Amqp {
         let mut rows = amqp::run(&settings);

@@ -184,3 +184,121 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
     }
     out
 }
+
+/// Producer throughput at 32 clients with 2, 4 and 8 consumers, beside the raw floor: what
+/// grows with the number of consumers (one link and one health probe each) and what stays flat
+/// (the machine's two cores are shared by every process in the run).
+pub fn scale(settings: &Settings) -> Vec<Summary> {
+    let servers = Servers::new();
+    let floor = servers.raw_floor();
+    let mut scenarios = vec![("(c) raw floor".to_owned(), floor)];
+    for n in [2usize, 4, 8] {
+        let consumers = (0..n).map(|_| servers.consumer()).collect();
+        scenarios.push((format!("producer → {n} consumers"), servers.producer(consumers)));
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];
+    for _ in 0..settings.reps {
+        for (i, (_, addr)) in scenarios.iter().enumerate() {
+            runs[i].push(measure(*addr, 32, settings));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    scenarios.iter().zip(&runs).map(|((name, _), runs)| Summary::of(name, 32, runs)).collect()
+}
+
+/// A process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The child side of [`idle_connections`]: a Consumer that takes `count` idle connections,
+/// printing its address, until its stdin closes.
+pub fn hold_idle(count: usize) {
+    let servers = Servers::new();
+    let shutdown = servers.shutdown();
+    let addr = servers.rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits::default().with_max_connections(count + 64).with_read_timeout(Duration::from_secs(600));
+        let consumer =
+            Consumer::new(Arc::new(Registry::new().with(Calculator)), ConsumerConfig::default().with_limits(limits));
+        tokio::spawn(async move { consumer.serve(listener, shutdown).await });
+        addr
+    });
+    println!("{addr}");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Starts a Consumer in a child process, opens `count` idle connections to it (no request
+/// sent), and reports the growth of the child's RSS per connection. Each process needs `count`
+/// file descriptors plus a few (`ulimit -n`).
+pub fn idle_connections(count: usize) -> Result<f64, String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args(["hold-idle", "--count", &count.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line).map_err(|e| e.to_string())?;
+    let addr: SocketAddr = line.trim().parse().map_err(|e| format!("child said {line:?}: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let result = rt.block_on(async {
+        // One request warms up the server's paths.
+        one_request(addr).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_kib(pid);
+        let mut held = Vec::with_capacity(count);
+        for i in 0..count {
+            match TcpStream::connect(addr).await {
+                Ok(s) => held.push(s),
+                Err(e) => return Err(format!("connection {i}: {e} (raise the file descriptor limit: ulimit -n)")),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(pid);
+        let ok = one_request(addr).await;
+        drop(held);
+        if !ok {
+            return Err("the consumer did not answer beside the idle connections".to_owned());
+        }
+        Ok(after.saturating_sub(before) as f64 / count as f64)
+    });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    result
+}
+
+/// The floor, the Consumer and the Producer at 1 to 256 clients, for the pictures.
+pub fn sweep(settings: &Settings, clients: &[usize]) -> Vec<Summary> {
+    let servers = Servers::new();
+    let scenarios = [
+        ("raw floor", servers.raw_floor()),
+        ("consumer", servers.consumer()),
+        ("producer → 2 consumers", servers.producer(vec![servers.consumer(), servers.consumer()])),
+    ];
+    let mut out = Vec::new();
+    for &concurrency in clients {
+        eprintln!("sweep: {concurrency} clients");
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];
+        for _ in 0..settings.reps {
+            for (i, (_, addr)) in scenarios.iter().enumerate() {
+                runs[i].push(measure(*addr, concurrency, settings));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        for (i, (name, _)) in scenarios.iter().enumerate() {
+            out.push(Summary::of(name, concurrency, &runs[i]));
+        }
+    }
+    out
+}

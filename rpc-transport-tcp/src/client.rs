@@ -105,7 +105,21 @@ pub(crate) async fn exchange(
     connect_timeout: Duration,
     max_reply: usize,
 ) -> Result<Vec<u8>, ExchangeError> {
-    let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+    let mut stream = connect(addr, connect_timeout).await?;
+    stream.write_all(line).await.map_err(|e| ExchangeError::Io(addr, e))?;
+    let mut reply = Vec::new();
+    // One byte over the limit tells "exactly at the limit" from "too large".
+    let limit = u64::try_from(max_reply).unwrap_or(u64::MAX).saturating_add(1);
+    (&mut stream).take(limit).read_to_end(&mut reply).await.map_err(|e| ExchangeError::Io(addr, e))?;
+    if reply.len() > max_reply {
+        return Err(ExchangeError::TooLarge(addr, max_reply));
+    }
+    Ok(reply)
+}
+
+/// Connects to `addr` within `connect_timeout`, with Nagle off.
+pub(crate) async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, ExchangeError> {
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(ExchangeError::Connect(addr, e)),
         Err(_) => return Err(ExchangeError::ConnectTimeout(addr, connect_timeout)),
@@ -116,15 +130,7 @@ pub(crate) async fn exchange(
         return Err(ExchangeError::Connect(addr, refused));
     }
     let _ = stream.set_nodelay(true);
-    stream.write_all(line).await.map_err(|e| ExchangeError::Io(addr, e))?;
-    let mut reply = Vec::new();
-    // One byte over the limit tells "exactly at the limit" from "too large".
-    let limit = u64::try_from(max_reply).unwrap_or(u64::MAX).saturating_add(1);
-    (&mut stream).take(limit).read_to_end(&mut reply).await.map_err(|e| ExchangeError::Io(addr, e))?;
-    if reply.len() > max_reply {
-        return Err(ExchangeError::TooLarge(addr, max_reply));
-    }
-    Ok(reply)
+    Ok(stream)
 }
 
 /// Whether connecting to `addr` connected the socket to itself.

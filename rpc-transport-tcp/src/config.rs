@@ -162,6 +162,13 @@ pub struct ProducerConfig {
     pub probe_timeout: Duration,
     /// Largest reply accepted from a consumer. Default 16 MiB.
     pub max_reply: usize,
+    /// Whether tasks travel on persistent links to consumers that take them. Default on.
+    ///
+    /// The producer asks each consumer once for a link (`_rpc link 1`); a consumer that takes
+    /// it is sent many tasks at once on that one connection, each with its deadline, metadata
+    /// and trace id; one that answers anything else is sent one task per connection, as with
+    /// this off. See `docs/PROTOCOL.md`.
+    pub links: bool,
 }
 
 impl Default for ProducerConfig {
@@ -176,11 +183,18 @@ impl Default for ProducerConfig {
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(2),
             max_reply: 16 * 1024 * 1024,
+            links: true,
         }
     }
 }
 
 impl ProducerConfig {
+    /// Sets [`ProducerConfig::links`].
+    pub fn with_links(mut self, links: bool) -> Self {
+        self.links = links;
+        self
+    }
+
     /// Sets the limits on external clients' connections.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;

@@ -29,7 +29,20 @@ pub struct Connection {
     consumed: usize,
     /// Whether the client has closed its sending side.
     eof: bool,
+    /// Whether bytes sent after the request line were read and dropped while it was served.
+    dropped: bool,
     peer: Option<SocketAddr>,
+}
+
+/// How a client left while its request was served ([`Connection::departed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Departure {
+    /// It closed its connection (end of stream). It may only have closed its sending side and
+    /// still wait for the reply; the server cannot tell the two apart.
+    Closed,
+    /// The connection broke (a reset): nobody reads the reply.
+    Broken,
 }
 
 impl Connection {
@@ -38,7 +51,7 @@ impl Connection {
         // Replies are written in one piece and followed by a close: no reason to wait for Nagle.
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        Connection { stream, buffer: Vec::new(), consumed: 0, eof: false, peer }
+        Connection { stream, buffer: Vec::new(), consumed: 0, eof: false, dropped: false, peer }
     }
 
     /// The client's address, when the socket still knows it.
@@ -86,7 +99,43 @@ impl Connection {
     /// Whether bytes beyond the request line were received, in which case the close should
     /// [`linger`](Connection::linger).
     pub fn has_unread(&self) -> bool {
-        self.consumed < self.buffer.len()
+        self.dropped || self.consumed < self.buffer.len()
+    }
+
+    /// Watches the socket while the request is served, and resolves when the client leaves:
+    /// end of stream or a broken connection. Bytes the client sends meanwhile are read and
+    /// dropped (the protocol has no second request), one small buffer at a time, and make the
+    /// close [`linger`](Connection::linger).
+    ///
+    /// Never resolves when the request itself ended at the client's end of stream: that client
+    /// said it was done sending, not that it left.
+    ///
+    /// Cancel safe.
+    pub async fn departed(&mut self) -> Departure {
+        if self.eof {
+            return std::future::pending().await;
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            match self.stream.read(&mut scratch).await {
+                Ok(0) => {
+                    self.eof = true;
+                    return Departure::Closed;
+                }
+                Ok(_) => self.dropped = true,
+                Err(_) => {
+                    self.eof = true;
+                    return Departure::Broken;
+                }
+            }
+        }
+    }
+
+    /// The socket and the bytes received after the request line, for a connection that leaves
+    /// the one-line protocol (a link).
+    pub(crate) fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+        let rest = self.buffer.split_off(self.consumed.min(self.buffer.len()));
+        (self.stream, rest)
     }
 
     /// Writes the whole reply and closes the sending side (the client then sees end of

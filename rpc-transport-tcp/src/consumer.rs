@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rpc_core::Registry;
+use rpc_core::layer::{self, RegistryService, ServerStack};
+use rpc_core::{Context, Registry, Request, RpcError};
+use serde_json::Value;
 use tokio::net::TcpListener;
+use tower::{Layer, Service};
 
 use crate::config::ConsumerConfig;
 use crate::frame::{self, RequestLine};
@@ -39,16 +42,42 @@ pub struct Consumer {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     registry: Arc<Registry>,
     config: ConsumerConfig,
+    /// Every call goes through it: layers around [`RegistryService`].
+    stack: ServerStack,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Consumer {
     /// A consumer for `registry`'s services.
     pub fn new(registry: Arc<Registry>, config: ConsumerConfig) -> Self {
-        Consumer { inner: Arc::new(Inner { registry, config }) }
+        let stack = RegistryService::stack(Arc::clone(&registry));
+        Consumer { inner: Arc::new(Inner { registry, config, stack }) }
+    }
+
+    /// Runs every call through `layer` (a tower layer over [`ServerStack`], such as
+    /// [`rpc_core::layer::trace::TraceLayer`]); the last layer added runs first. Requests the
+    /// consumer answers itself (`_rpc health`) do not go through it.
+    #[must_use]
+    pub fn layer<L, S>(self, layer: L) -> Self
+    where
+        L: Layer<ServerStack, Service = S>,
+        S: Service<Request, Response = Value, Error = RpcError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        let Inner { registry, config, stack } = &*self.inner;
+        let stack = layer::wrap(stack.clone(), layer);
+        Consumer { inner: Arc::new(Inner { registry: Arc::clone(registry), config: config.clone(), stack }) }
     }
 
     /// The registry it serves.
@@ -78,7 +107,9 @@ impl Consumer {
 }
 
 impl Respond for Inner {
-    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
+    const LINKS: bool = true;
+
+    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>, ctx: Context) -> Vec<u8> {
         if system::is_reserved(&line.service) {
             let route = system::route(&line, || {
                 system::consumer_health(self.registry.services().map(|s| s.name.to_owned()).collect())
@@ -90,8 +121,8 @@ impl Respond for Inner {
         }
         let started = Instant::now();
         let (service, method) = (line.service.clone(), line.method.clone());
-        let request = line.into_request().with_deadline(self.config.request_timeout);
-        let result = self.registry.dispatch(request).await;
+        let request = line.into_request().with_context(ctx.with_deadline(self.config.request_timeout));
+        let result = layer::call(&self.stack, request).await;
         let elapsed = started.elapsed();
         match result {
             Ok(value) => {

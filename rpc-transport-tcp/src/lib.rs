@@ -17,6 +17,8 @@
 //! - [`client`]: [`TcpTransport`], the client `Transport`.
 //! - [`config`]: [`Limits`], [`ConsumerConfig`], [`ProducerConfig`], [`ClientConfig`].
 //! - [`error`](mod@error): [`Error`], what can go wrong reading a request.
+//! - `link` (private): the Producer's persistent, pipelined links to its Consumers, negotiated
+//!   with `_rpc link 1`; the frame codec (pure), the Producer's side and the Consumer's side.
 //! - `server` (private): the accept loop both servers share: connection cap and eviction of
 //!   idle connections, one task per connection, graceful shutdown.
 //!
@@ -73,6 +75,7 @@ pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod frame;
+mod link;
 pub mod producer;
 mod server;
 pub mod system;

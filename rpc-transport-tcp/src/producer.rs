@@ -8,6 +8,9 @@
 //!   answer, answers something that is not this protocol (an HTTP server), or answers as a
 //!   Producer (another one, or this very one) is never relayed a task; the last two are logged
 //!   at ERROR.
+//! - **Links**: tasks travel on one persistent connection per consumer, many at once, each
+//!   with its deadline, metadata and trace id ([`ProducerConfig::links`]); a consumer that
+//!   takes no links gets one connection per task. A client that leaves cancels its task.
 //! - **Spreading**: each attempt goes to the consumer with the fewest tasks outstanding from
 //!   this producer; ties go round-robin.
 //! - **Failover**: a consumer that refuses the connection, breaks it, answers something that is
@@ -35,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use rpc_core::{Reply, Request, RpcError, Transport};
+use rpc_core::{Context, Reply, Request, RpcError, Transport};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -44,6 +47,8 @@ use crate::client::exchange;
 use crate::config::{deadline_after, ProducerConfig};
 use crate::error::fmt_duration;
 use crate::frame::{self, ParsedReply, RequestLine};
+use crate::link::client::{Link, LinkFailed, Opened};
+use crate::link::codec::RequestFrame;
 use crate::server::{self, Respond};
 use crate::system::{self, Health, ProbeError, Role};
 
@@ -90,6 +95,21 @@ struct Backend {
     probing: tokio::sync::Mutex<()>,
     /// Whether a background probe is on its way.
     probe_scheduled: AtomicBool,
+    /// How tasks reach it: a link, or one connection each.
+    link: Mutex<LinkMode>,
+    /// Held while asking it for a link, so concurrent tasks ask once.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// How tasks reach a consumer.
+#[derive(Debug, Clone)]
+enum LinkMode {
+    /// Not asked yet, or its link closed: ask (again) for a link.
+    Unknown,
+    /// It answered the link request with something else: one connection per task.
+    Legacy,
+    /// A link.
+    Open(Arc<Link>),
 }
 
 /// Where a consumer stands, as this producer sees it.
@@ -201,6 +221,8 @@ impl Producer {
                 }),
                 probing: tokio::sync::Mutex::new(()),
                 probe_scheduled: AtomicBool::new(false),
+                link: Mutex::new(LinkMode::Unknown),
+                opening: tokio::sync::Mutex::new(()),
             })
             .collect::<Vec<_>>();
         let inner = Arc::new_cyclic(|me| Inner {
@@ -276,24 +298,30 @@ impl Transport for Producer {
             .context
             .remaining()
             .map_or(self.inner.config.task_timeout, |t| t.min(self.inner.config.task_timeout));
+        let ctx = request.context.clone();
         let line = RequestLine::from_request(request)?;
         let target = line.target();
         if let Some(reply) = self.inner.answer_system(&line) {
             return frame::decode_reply(&reply, &target);
         }
-        let forwarded = self.inner.forward(&line, timeout).await?;
+        let forwarded = self.inner.forward(&line, timeout, Some(&ctx)).await?;
         frame::decode_reply(&forwarded.bytes, &target)
     }
 }
 
 impl Respond for Inner {
-    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> Vec<u8> {
+    async fn respond(&self, line: RequestLine, peer: Option<SocketAddr>, ctx: Context) -> Vec<u8> {
         if let Some(reply) = self.answer_system(&line) {
             tracing::debug!(service = %line.service, method = %line.method, ?peer, "answered by the producer itself");
             return reply;
         }
         let started = std::time::Instant::now();
-        let result = self.forward(&line, self.config.task_timeout).await;
+        // A client that leaves cancels its task: the attempt in flight is dropped, and the
+        // consumer sees its connection close.
+        let result = tokio::select! {
+            result = self.forward(&line, self.config.task_timeout, None) => result,
+            () = ctx.cancelled() => Err(RpcError::Cancelled { target: line.target() }),
+        };
         let elapsed = started.elapsed();
         let (service, method) = (&line.service, &line.method);
         match result {
@@ -339,10 +367,17 @@ impl Inner {
         }
     }
 
-    /// Sends `line` to consumers until one answers it, within `timeout`.
-    async fn forward(&self, line: &RequestLine, timeout: Duration) -> Result<Forwarded, RpcError> {
+    /// Sends `line` to consumers until one answers it, within `timeout`; on links, with the
+    /// trace id and metadata of `ctx`.
+    async fn forward(
+        &self,
+        line: &RequestLine,
+        timeout: Duration,
+        ctx: Option<&Context>,
+    ) -> Result<Forwarded, RpcError> {
         let target = line.target();
         let bytes = line.encode();
+        let task = Task { line: &bytes, ctx };
         let deadline = deadline_after(timeout);
         let mut tried: Vec<(usize, String)> = Vec::new();
         while let Some((index, usable)) = self.pick(&tried) {
@@ -364,8 +399,7 @@ impl Inner {
             let attempt_timeout = self.config.attempt_timeout.min(deadline.saturating_duration_since(now));
             let outcome = {
                 let _outstanding = Outstanding::new(&backend.outstanding);
-                let exchange = exchange(backend.addr, &bytes, self.config.connect_timeout, self.config.max_reply);
-                tokio::time::timeout(attempt_timeout, exchange).await
+                tokio::time::timeout(attempt_timeout, self.attempt(backend, &task, deadline)).await
             };
             let failure = match outcome {
                 Ok(Ok(reply)) => match frame::parse_reply(&reply, &target) {
@@ -384,7 +418,7 @@ impl Inner {
                     }
                     Err(e) => format!("{}: not a reply of this protocol: {e}", backend.addr),
                 },
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(failure)) => failure,
                 // The task's own deadline ran out: the consumer may just have been given a slow
                 // task, so it is not held against it.
                 Err(_) if Instant::now() >= deadline => return Err(RpcError::deadline(target, timeout)),
@@ -406,6 +440,72 @@ impl Inner {
             format!("every consumer failed: {}", what.join("; "))
         };
         Err(RpcError::Unavailable { target, reason })
+    }
+
+    /// One attempt of `task` on `backend`: on its link, or on a connection of its own.
+    ///
+    /// # Errors
+    /// What went wrong, naming the consumer.
+    async fn attempt(&self, backend: &Backend, task: &Task<'_>, deadline: Instant) -> Result<Vec<u8>, String> {
+        if self.config.links {
+            if let Some(link) = self.link(backend).await? {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let ms = u32::try_from(remaining.as_millis().saturating_add(1)).unwrap_or(u32::MAX);
+                let request = RequestFrame {
+                    id: 0,
+                    deadline_ms: Some(ms),
+                    trace_id: task.ctx.and_then(Context::trace_id).map(str::to_owned),
+                    metadata: task
+                        .ctx
+                        .map(|c| c.metadata().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+                        .unwrap_or_default(),
+                    line: task.line[..task.line.len() - 1].to_vec(),
+                };
+                return link.call(request).await.map_err(|LinkFailed(why)| why);
+            }
+        }
+        exchange(backend.addr, task.line, self.config.connect_timeout, self.config.max_reply)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The link to `backend`, opened if it has none; `None` when it takes no links.
+    ///
+    /// # Errors
+    /// Connecting or asking for the link failed.
+    async fn link(&self, backend: &Backend) -> Result<Option<Arc<Link>>, String> {
+        if let Some(known) = backend.current_link() {
+            return Ok(known);
+        }
+        let _opening = backend.opening.lock().await;
+        if let Some(known) = backend.current_link() {
+            return Ok(known);
+        }
+        let config = &self.config;
+        let opened = Link::open(
+            backend.addr,
+            config.connect_timeout,
+            config.probe_timeout,
+            config.limits.write_timeout,
+            config.max_reply,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (mode, link) = match opened {
+            Opened::Link(link) => {
+                tracing::debug!(consumer = %backend.addr, "link opened");
+                (LinkMode::Open(Arc::clone(&link)), Some(link))
+            }
+            Opened::Legacy(answer) => {
+                tracing::info!(consumer = %backend.addr, %answer,
+                    "consumer {} takes no links; it gets one connection per task", backend.addr);
+                (LinkMode::Legacy, None)
+            }
+        };
+        if let Ok(mut current) = backend.link.lock() {
+            *current = mode;
+        }
+        Ok(link)
     }
 
     /// The next consumer for a task that already failed on `tried`: consumers that are up
@@ -514,7 +614,23 @@ impl Inner {
 /// The shortest probe interval [`Producer::serve`] applies.
 const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
+/// What an attempt sends: the request line (with its `\n`) and, on links, its context.
+struct Task<'a> {
+    line: &'a [u8],
+    ctx: Option<&'a Context>,
+}
+
 impl Backend {
+    /// Its link if it has one that takes tasks (`Some(Some)`), `Some(None)` if it takes no
+    /// links, `None` when one should be asked for.
+    fn current_link(&self) -> Option<Option<Arc<Link>>> {
+        match &*self.link.lock().ok()? {
+            LinkMode::Open(link) if link.usable() => Some(Some(Arc::clone(link))),
+            LinkMode::Legacy => Some(None),
+            _ => None,
+        }
+    }
+
     fn state(&self) -> (ConsumerState, Option<String>) {
         self.status.lock().map(|s| (s.state, s.reason.clone())).unwrap_or((ConsumerState::Down, None))
     }
@@ -608,6 +724,10 @@ impl Backend {
                 }
                 if status.state != ConsumerState::Up {
                     self.set(&mut status, ConsumerState::Up, None);
+                    // It may have been replaced by a version that takes links, or the other way.
+                    if let Ok(mut link) = self.link.lock() {
+                        *link = LinkMode::Unknown;
+                    }
                 }
             }
             Role::Producer => {

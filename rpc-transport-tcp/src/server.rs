@@ -12,16 +12,18 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use rpc_core::RpcError;
+use rpc_core::{Context, RpcError};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 
 use crate::config::Limits;
-use crate::connection::Connection;
+use crate::connection::{Connection, Departure};
 use crate::error::fmt_duration;
 use crate::frame::{self, RequestLine};
+use crate::link;
+use tokio::io::AsyncWriteExt;
 
 /// Connections beyond the cap that may wait for a slot at once: as many as the cap, and at
 /// least this many. Past that they are closed without a word (the server is then being
@@ -41,10 +43,24 @@ pub(crate) const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 /// Longest linger, and longest write, for a connection turned away.
 const REJECT_LINGER: Duration = Duration::from_millis(500);
 
+/// How long a request still runs after its client closed the connection, before it is
+/// cancelled. A client that only closed its sending side (and waits for the reply) cannot be
+/// told from one that left; a short call still gets its reply to such a client.
+pub(crate) const DEPARTURE_GRACE: Duration = Duration::from_millis(500);
+
 /// What a server answers to one request line.
 pub(crate) trait Respond: Send + Sync + 'static {
-    /// The complete reply bytes for `line` (success or error form).
-    fn respond(&self, line: RequestLine, peer: Option<SocketAddr>) -> impl Future<Output = Vec<u8>> + Send;
+    /// Whether it takes links (`_rpc link 1`): Consumers do, the Producer does not.
+    const LINKS: bool = false;
+
+    /// The complete reply bytes for `line` (success or error form). `ctx` is cancelled when the
+    /// client leaves; the reply then comes soon (it is written if the client still reads).
+    fn respond(
+        &self,
+        line: RequestLine,
+        peer: Option<SocketAddr>,
+        ctx: Context,
+    ) -> impl Future<Output = Vec<u8>> + Send;
 }
 
 /// Connections still waiting for their request line, oldest first, each with a way to evict
@@ -277,12 +293,79 @@ async fn handle<R: Respond>(mut conn: Connection, permit: OwnedSemaphorePermit, 
             return;
         }
     };
-    let reply = shared.responder.respond(line, peer).await;
+    if R::LINKS && link::is_link_request(&line) {
+        return serve_link(conn, &line, permit, shared).await;
+    }
+    let ctx = Context::new();
+    let respond = shared.responder.respond(line, peer, ctx.clone());
+    tokio::pin!(respond);
+    let departure = tokio::select! {
+        // A reply that is ready is written, whatever else happened meanwhile.
+        biased;
+        reply = &mut respond => Ok(reply),
+        departure = conn.departed() => Err(departure),
+    };
+    let reply = match departure {
+        Ok(reply) => reply,
+        Err(departure) => {
+            let reply = match departure {
+                Departure::Closed => tokio::time::timeout(DEPARTURE_GRACE, &mut respond).await.ok(),
+                _ => None,
+            };
+            match reply {
+                Some(reply) => reply,
+                None => {
+                    tracing::debug!(role, ?peer, ?departure, "the client left; cancelling its request");
+                    ctx.cancel();
+                    if departure != Departure::Closed {
+                        return;
+                    }
+                    // It may still read: tell it why there is no result.
+                    let Ok(reply) = tokio::time::timeout(REJECT_LINGER, &mut respond).await else { return };
+                    let _ = conn.write_reply(&reply, limits.write_timeout.min(REJECT_LINGER)).await;
+                    return;
+                }
+            }
+        }
+    };
     match conn.write_reply(&reply, limits.write_timeout).await {
         Ok(()) if conn.has_unread() => conn.linger(limits.linger).await,
         Ok(()) => {}
         Err(e) => tracing::debug!(role, ?peer, error = %e, "could not write the reply"),
     }
+    drop(permit);
+}
+
+/// Turns the connection into a link, if `line` asks for a version this server speaks, and
+/// serves it; `permit` is its slot, held until the link ends.
+async fn serve_link<R: Respond>(
+    mut conn: Connection,
+    line: &RequestLine,
+    permit: OwnedSemaphorePermit,
+    shared: &Shared<R>,
+) {
+    let (role, limits, peer) = (shared.role, &shared.limits, conn.peer());
+    if line.args != [link::VERSION.to_string()] {
+        let error = RpcError::bad_request(format!(
+            "{}: this server speaks link version {} only (asked for {:?})",
+            line.target(),
+            link::VERSION,
+            line.args
+        ));
+        if conn.write_reply(&frame::encode_error(&error), limits.write_timeout).await.is_ok() {
+            conn.linger(limits.linger).await;
+        }
+        return;
+    }
+    let (mut stream, rest) = conn.into_parts();
+    let hello = link::hello_answer(link::max_request_frame(limits));
+    match tokio::time::timeout(limits.write_timeout, stream.write_all(&hello)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    tracing::debug!(role, ?peer, "link opened");
+    let responder = Arc::clone(&shared.responder);
+    link::serve::serve(role, stream, rest, responder, limits.clone(), shared.stop.clone(), peer).await;
     drop(permit);
 }
 

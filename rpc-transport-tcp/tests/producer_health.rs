@@ -78,8 +78,16 @@ impl Peer {
         self.lines.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
     }
 
-    /// When it read each line that was not a health probe.
+    /// When it read each line that was not a health probe or a link request (which it refuses,
+    /// as a consumer that takes no links does).
     fn task_times(&self) -> Vec<Instant> {
+        let tasks = self.lines.lock().unwrap();
+        tasks.iter().filter(|(_, l)| l != "_rpc health" && l != "_rpc link 1").map(|(t, _)| *t).collect()
+    }
+
+    /// When it read each line that was not a health probe: tasks, and link requests (a peer
+    /// that never answers one is asked again on each attempt).
+    fn attempt_times(&self) -> Vec<Instant> {
         self.lines.lock().unwrap().iter().filter(|(_, l)| l != "_rpc health").map(|(t, _)| *t).collect()
     }
 }
@@ -319,7 +327,7 @@ async fn a_consumer_that_takes_tasks_and_never_answers_is_ejected_for_longer_aft
         assert_eq!(within(10, raw_text(gateway.addr, "calculator calculate 1 + 1\n")).await, "2\n");
         answered += 1;
     }
-    let tried = stuck.task_times();
+    let tried = stuck.attempt_times();
     let gaps: Vec<Duration> = tried.windows(2).map(|w| w[1] - w[0]).collect();
     eprintln!("the stuck consumer was given {} of {answered} tasks; gaps between them: {gaps:?}", tried.len());
     // Down 100 ms, 200 ms, 400 ms, 800 ms, 1.6 s after each timeout (plus the 100 ms attempt):

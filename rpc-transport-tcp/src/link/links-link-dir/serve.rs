@@ -1,0 +1,201 @@
+//! The Consumer's side of a link: reads request frames, runs each as a call of its own (the
+//! same [`Respond`] as the one-line protocol, with the context the frame carried), and writes
+//! each reply as soon as it is ready, in whatever order they finish.
+//!
+//! Bounds: a request frame is at most [`max_request_frame`] bytes, and once its first byte has
+//! arrived the rest must follow within [`Limits::read_timeout`]; at most
+//! [`Limits::max_connections`] tasks run at once on one link (more are answered
+//! `ERROR overloaded`, which the Producer fails over); writes are bounded by
+//! [`Limits::write_timeout`]. Any frame that breaks the rules ends the link.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::{Context, RpcError};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::codec::{self, Frame, RequestFrame};
+use super::{max_request_frame, write_frames, READ_CHUNK};
+use crate::config::{deadline_after, Limits};
+use crate::frame::{self, RequestLine};
+use crate::server::Respond;
+use crate::Error;
+
+/// The calls running on one link, by request id; cancelled when the link ends.
+#[derive(Default)]
+struct Running {
+    by_request: HashMap<u64, Context>,
+    by_task: HashMap<tokio::task::Id, u64>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for ctx in self.by_request.values() {
+            ctx.cancel();
+        }
+    }
+}
+
+/// Serves a connection that became a link: `stream`, with `rest` the bytes already read after
+/// the link request. Returns when the Producer closes it, it breaks, or (after `stop`) its
+/// last task is answered.
+pub(crate) async fn serve<R: Respond>(
+    role: &'static str,
+    stream: TcpStream,
+    rest: Vec<u8>,
+    responder: Arc<R>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    peer: Option<SocketAddr>,
+) {
+    let max_frame = max_request_frame(&limits);
+    let max_in_flight = limits.max_connections.max(1);
+    let (mut read, mut write) = stream.into_split();
+    let (out, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
+    let write_timeout = limits.write_timeout;
+    let writer = tokio::spawn(async move { write_frames(&mut write, &mut queued, write_timeout).await });
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut running = Running::default();
+    let (mut buf, mut start) = (rest, 0);
+    let mut stopping = false;
+    // When the first byte of a frame not yet complete arrived.
+    let mut frame_started: Option<Instant> = None;
+    let ended = loop {
+        if !stopping && *stop.borrow() {
+            stopping = true;
+            let _ = out.send(Frame::GoAway.to_bytes());
+        }
+        let mut broken = None;
+        let before = start;
+        while broken.is_none() {
+            let (frame, used) = match codec::decode(&buf[start..], max_frame) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
+            };
+            start += used;
+            match frame {
+                Frame::Request(request) => {
+                    let full = running.by_request.len() >= max_in_flight;
+                    match accept(request, &limits, stopping, full) {
+                        Ok((id, line, ctx)) => {
+                            let (responder, out, task_ctx) = (Arc::clone(&responder), out.clone(), ctx.clone());
+                            let handle = tasks.spawn(async move {
+                                let reply = responder.respond(line, peer, task_ctx).await;
+                                let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes());
+                            });
+                            running.by_task.insert(handle.id(), id);
+                            if let Some(old) = running.by_request.insert(id, ctx) {
+                                old.cancel();
+                            }
+                        }
+                        Err((id, reply)) => {
+                            let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes());
+                        }
+                    }
+                }
+                Frame::Cancel { id } => {
+                    if let Some(ctx) = running.by_request.get(&id) {
+                        tracing::debug!(role, ?peer, id, "the producer cancelled a task");
+                        ctx.cancel();
+                    }
+                }
+                Frame::Reply { .. } | Frame::GoAway => broken = Some("a frame only a consumer sends".to_owned()),
+            }
+        }
+        if let Some(reason) = broken {
+            break reason;
+        }
+        if start > before {
+            frame_started = None;
+        }
+        if start > 0 {
+            buf.drain(..start);
+            start = 0;
+        }
+        if buf.is_empty() {
+            frame_started = None;
+        } else if frame_started.is_none() {
+            frame_started = Some(Instant::now());
+        }
+        if stopping && running.by_request.is_empty() {
+            break "shut down".to_owned();
+        }
+        let read_until = frame_started.map_or_else(|| deadline_after(Duration::MAX), |t| t + limits.read_timeout);
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            biased;
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let task = match &done {
+                    Ok((task, ())) => *task,
+                    Err(e) => e.id(),
+                };
+                if let Some(id) = running.by_task.remove(&task) {
+                    running.by_request.remove(&id);
+                }
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {}
+            read = tokio::time::timeout_at(read_until, read.read_buf(&mut buf)) => match read {
+                Ok(Ok(0)) => break "the producer closed it".to_owned(),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break format!("it broke: {e}"),
+                Err(_) => break "a frame did not arrive in time".to_owned(),
+            }
+        }
+    };
+    tracing::debug!(role, ?peer, in_flight = running.by_request.len(), "link ended: {ended}");
+    drop(running);
+    tasks.shutdown().await;
+    drop(out);
+    let _ = tokio::time::timeout(limits.write_timeout, writer).await;
+}
+
+/// Checks a request frame: its id, request line and context, or its id and the error reply to
+/// send.
+fn accept(
+    request: RequestFrame,
+    limits: &Limits,
+    stopping: bool,
+    full: bool,
+) -> Result<(u64, RequestLine, Context), (u64, Vec<u8>)> {
+    let id = request.id;
+    let refuse = |error: RpcError| (id, frame::encode_error(&error));
+    if stopping {
+        return Err(refuse(RpcError::Unavailable {
+            target: "link".to_owned(),
+            reason: "the consumer is shutting down".to_owned(),
+        }));
+    }
+    if full {
+        return Err(refuse(RpcError::Overloaded {
+            reason: format!("{} tasks already run on this link (the limit)", limits.max_connections),
+        }));
+    }
+    if request.line.len() > limits.max_line {
+        return Err(refuse(Error::TooLong { limit: limits.max_line }.into()));
+    }
+    let line = RequestLine::parse(&request.line).map_err(|e| refuse(e.into()))?;
+    let mut ctx = Context::new();
+    if let Some(ms) = request.deadline_ms {
+        ctx = ctx.with_deadline(Duration::from_millis(u64::from(ms)));
+    }
+    if let Some(trace) = request.trace_id {
+        if trace.chars().any(char::is_control) {
+            return Err(refuse(RpcError::bad_request("the trace id holds a control character")));
+        }
+        ctx = ctx.with_trace_id(trace);
+    }
+    for (key, value) in request.metadata {
+        ctx.metadata_mut().insert(&key, value).map_err(|e| refuse(RpcError::bad_request(e.to_string())))?;
+    }
+    Ok((id, line, ctx))
+}
