@@ -57,6 +57,8 @@ pub(crate) struct Link {
     pub(crate) server: Channel,
     /// This link's server-named reply queue.
     pub(crate) reply_queue: ShortString,
+    /// The broker's URL, password redacted, when the `Rpc` opened the connection itself.
+    pub(crate) broker: Option<String>,
     reply_tag: ShortString,
     /// Method name -> its consumer on `server`, or the claim of the one being started.
     consumers: Mutex<HashMap<String, Slot>>,
@@ -196,7 +198,17 @@ impl Link {
         };
         let client = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
         let server = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
-        Self::setup(Some(connection), client, server, config, generation, reports).await
+        let (mut link, consumer) = Self::setup(Some(connection), client, server, config, generation, reports).await?;
+        link.broker = Some(redacted);
+        Ok((link, consumer))
+    }
+
+    /// Refuses a URL that does not parse, before any connection is tried.
+    pub(crate) fn check_url(url: &str) -> Result<(), Error> {
+        url.parse::<AMQPUri>().map(drop).map_err(|reason: String| Error::InvalidUrl {
+            url: wire::redact_url(url),
+            reason: wire::redact_text(&reason, url),
+        })
     }
 
     /// Sets up on a channel the caller owns.
@@ -224,6 +236,7 @@ impl Link {
             client,
             server,
             reply_queue,
+            broker: None,
             reply_tag: consumer.tag(),
             consumers: Mutex::new(HashMap::new()),
             claims: AtomicU64::new(0),

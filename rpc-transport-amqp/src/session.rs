@@ -8,7 +8,7 @@
 //! of the session; only the session changes the state, fails pending calls and reconnects.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,11 +32,38 @@ enum State {
     Closed(#[allow(dead_code)] Option<Arc<Link>>),
 }
 
+/// The brokers an `Rpc` that owns its connection connects to, and where the next attempt
+/// starts.
+///
+/// The order is the list's: the first connection goes to the first broker that answers; after
+/// a loss, the attempts start at the broker after the one that was lost and go round the list
+/// (the lost one last), so the clients of a dead node spread over the next ones in the
+/// order each was given. A full round that fails waits the backoff delay before the next.
+pub(crate) struct Brokers {
+    urls: Vec<String>,
+    properties: ConnectionProperties,
+    /// Index of the broker the next round starts at.
+    next: AtomicUsize,
+}
+
+impl Brokers {
+    /// The brokers of `urls`; refuses an empty list and URLs that do not parse.
+    pub(crate) fn new(urls: Vec<String>, properties: ConnectionProperties) -> Result<Brokers, Error> {
+        if urls.is_empty() {
+            return Err(Error::InvalidUrl { url: String::new(), reason: "no broker URL given".into() });
+        }
+        for url in &urls {
+            Link::check_url(url)?;
+        }
+        Ok(Brokers { urls, properties, next: AtomicUsize::new(0) })
+    }
+}
+
 /// What the handles of one `Rpc` share, and the owner of its link.
 pub(crate) struct Session {
     pub(crate) config: Arc<RpcConfig>,
     /// Where to reconnect to; `None` for an `Rpc` on a caller's channel.
-    reconnect: Option<(String, ConnectionProperties)>,
+    reconnect: Option<Brokers>,
     state: Mutex<State>,
     pending: Arc<Pending>,
     handlers: Mutex<BTreeMap<String, Registration>>,
@@ -57,7 +84,7 @@ impl Session {
     fn new(
         config: RpcConfig,
         layers: &[WrapStack],
-        reconnect: Option<(String, ConnectionProperties)>,
+        reconnect: Option<Brokers>,
     ) -> (Arc<Session>, mpsc::UnboundedReceiver<LinkLost>) {
         let config = Arc::new(config);
         let limit = Arc::new(BodyLimit::new(config.max_body_size));
@@ -94,15 +121,14 @@ impl Session {
         Ok(session)
     }
 
-    /// A session that opens its own connection to `url`, and reconnects. Requests served go
-    /// through `layers`.
+    /// A session that opens its own connection to one of `brokers`, and reconnects. Requests
+    /// served go through `layers`.
     pub(crate) async fn connect(
         config: RpcConfig,
         layers: &[WrapStack],
-        url: &str,
-        properties: ConnectionProperties,
+        brokers: Brokers,
     ) -> Result<Arc<Session>, Error> {
-        let (session, losses) = Session::new(config, layers, Some((url.to_owned(), properties)));
+        let (session, losses) = Session::new(config, layers, Some(brokers));
         let link = session.open().await?;
         tokio::spawn(Arc::clone(&session).run(link, losses));
         Ok(session)
@@ -158,13 +184,43 @@ impl Session {
         }
     }
 
-    /// Connects to the session's URL and installs the link.
+    /// Connects to the first broker that answers, in the order of [`Brokers`], and installs
+    /// the link; every broker's error when none does.
     async fn open(&self) -> Result<Arc<Link>, Error> {
-        let Some((url, properties)) = &self.reconnect else { return Err(Error::NotConnected) };
-        let generation = self.next_generation();
-        let (link, replies) =
-            Link::connect(url, properties.clone(), &self.config, generation, self.reports.clone()).await?;
-        self.install(link, replies).await
+        let Some(brokers) = &self.reconnect else { return Err(Error::NotConnected) };
+        let count = brokers.urls.len();
+        let first = brokers.next.load(Ordering::Relaxed) % count;
+        let mut errors = Vec::new();
+        for index in (first..count).chain(0..first) {
+            let url = &brokers.urls[index];
+            let generation = self.next_generation();
+            let opened = async {
+                let (link, replies) =
+                    Link::connect(url, brokers.properties.clone(), &self.config, generation, self.reports.clone())
+                        .await?;
+                self.install(link, replies).await
+            };
+            match opened.await {
+                Ok(link) => {
+                    brokers.next.store((index + 1) % count, Ordering::Relaxed);
+                    if count > 1 {
+                        info!(broker = %wire::redact_url(url), generation, "connected to the broker");
+                    }
+                    return Ok(link);
+                }
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => errors.push(e),
+            }
+        }
+        match errors.len() {
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::NoBroker(errors)),
+        }
+    }
+
+    /// The URL (password redacted) of the broker the live link is connected to.
+    pub(crate) fn broker(&self) -> Option<String> {
+        self.current().and_then(|link| link.broker.clone())
     }
 
     /// Makes `link` the live link and starts its reply loop, its return loop and one serving
