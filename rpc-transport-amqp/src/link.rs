@@ -59,6 +59,8 @@ pub(crate) struct Link {
     pub(crate) reply_queue: ShortString,
     /// The broker's URL, password redacted, when the `Rpc` opened the connection itself.
     pub(crate) broker: Option<String>,
+    /// Whether method queues are declared as quorum queues.
+    quorum: bool,
     reply_tag: ShortString,
     /// Method name -> its consumer on `server`, or the claim of the one being started.
     consumers: Mutex<HashMap<String, Slot>>,
@@ -237,6 +239,7 @@ impl Link {
             server,
             reply_queue,
             broker: None,
+            quorum: config.quorum_queues,
             reply_tag: consumer.tag(),
             consumers: Mutex::new(HashMap::new()),
             claims: AtomicU64::new(0),
@@ -346,11 +349,14 @@ impl Link {
         }
     }
 
-    /// Declares method queue `name` (aio-pika's arguments) and starts consuming it. The caller
-    /// records the consumer ([`Claim::fill`], [`Link::replace_consumer`]).
+    /// Declares method queue `name` (aio-pika's arguments, or a durable quorum queue) and
+    /// starts consuming it. The caller records the consumer ([`Claim::fill`],
+    /// [`Link::replace_consumer`]).
     pub(crate) async fn consume_method(&self, name: &ShortString) -> Result<Consumer, Error> {
         let options =
-            QueueDeclareOptions { durable: false, exclusive: false, auto_delete: false, ..Default::default() };
+            QueueDeclareOptions { durable: self.quorum, exclusive: false, auto_delete: false, ..Default::default() };
+        let arguments =
+            if self.quorum { wire::quorum_method_queue_arguments() } else { wire::method_queue_arguments() };
         // A declaration the broker refuses (an existing queue with other arguments) closes the
         // channel it was made on. On our own connection it is made on a throwaway channel, so
         // the refusal cannot take the live channels down with it.
@@ -358,14 +364,14 @@ impl Link {
             Some(connection) => {
                 let scratch = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
                 scratch
-                    .queue_declare(name.clone(), options, wire::method_queue_arguments())
+                    .queue_declare(name.clone(), options, arguments)
                     .await
                     .map_err(|e| Error::broker(format!("declaring queue '{name}'"), e))?;
                 let _ = scratch.close(200, "OK".into()).await;
             }
             None => {
                 self.server
-                    .queue_declare(name.clone(), options, wire::method_queue_arguments())
+                    .queue_declare(name.clone(), options, arguments)
                     .await
                     .map_err(|e| Error::broker(format!("declaring queue '{name}'"), e))?;
             }

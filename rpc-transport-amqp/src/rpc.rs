@@ -149,6 +149,14 @@ impl RpcBuilder {
         self
     }
 
+    /// Serves methods from quorum queues ([`RpcConfig::quorum_queues`]): durable, replicated
+    /// over the cluster, surviving the death of a node; not compatible with servers that
+    /// declare the classic queue (aio-pika's `JsonRPC`, an `Rpc` without this option).
+    pub fn quorum_queues(mut self, on: bool) -> Self {
+        self.config.quorum_queues = on;
+        self
+    }
+
     /// Connection name shown by the broker, for [`RpcBuilder::connect`].
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.config.connection_name = Some(name.into());

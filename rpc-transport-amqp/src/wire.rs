@@ -45,6 +45,16 @@ pub fn method_queue_arguments() -> FieldTable {
     args
 }
 
+/// The arguments of a quorum method queue ([`RpcConfig::quorum_queues`](crate::RpcConfig::quorum_queues)):
+/// aio-pika's ([`method_queue_arguments`]) plus `x-queue-type: quorum`; the queue is declared
+/// durable. A method's queue is either kind, never both: the broker refuses a declaration
+/// whose arguments differ from the existing queue's (`docs/AMQP.md`, "Quorum method queues").
+pub fn quorum_method_queue_arguments() -> FieldTable {
+    let mut args = method_queue_arguments();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
 /// The binding of a reply queue to [`DLX_EXCHANGE`]: requests whose `From` header names it.
 pub fn reply_binding_arguments(reply_queue: &str) -> FieldTable {
     let mut args = FieldTable::default();

@@ -85,6 +85,7 @@ async fn the_first_broker_that_answers_is_used() {
     let echoed: serde_json::Value = rpc.call(&method, kwargs! { "x" => 1 }).await.expect("call");
     assert_eq!(echoed["x"], 1);
     rpc.close().await.expect("close");
+    delete_queue(&method).await;
 
     // The same through the list form of the builder.
     let rpc = Rpc::builder().connect_any([dead.as_str(), url.as_str()]).await.expect("connect_any");
@@ -161,8 +162,12 @@ async fn on_a_loss_server_and_client_fail_over_to_the_next_broker() {
     assert_eq!(server.broker(), Some(wire::redact_url(&url)));
     client.close().await.expect("close");
     server.close().await.expect("close");
-    // The method queue is the server's (classic, not auto-deleted): remove it.
+    delete_queue(&method).await;
+}
+
+/// Method queues are the servers' (not auto-deleted): each test removes its own.
+async fn delete_queue(name: &str) {
     let (conn, channel) = common::channel().await;
-    let _ = channel.queue_delete(method.as_str().into(), Default::default()).await;
+    let _ = channel.queue_delete(name.into(), Default::default()).await;
     let _ = conn.close(200, "OK".into()).await;
 }
