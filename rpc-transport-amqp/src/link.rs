@@ -384,6 +384,44 @@ impl Link {
         Ok(consumer)
     }
 
+    /// Declares the describe exchange, binds a queue of this link's own to it and consumes it
+    /// (no ack) on the serving channel. The caller records the consumer ([`Claim::fill`]).
+    pub(crate) async fn consume_describe(&self) -> Result<Consumer, Error> {
+        let exchange = wire::DESCRIBE_EXCHANGE;
+        self.server
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions { durable: false, auto_delete: false, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker(format!("declaring exchange '{exchange}'"), e))?;
+        let queue = self
+            .server
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker("declaring the describe queue", e))?;
+        let queue = queue.name().clone();
+        self.server
+            .queue_bind(queue.clone(), exchange.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| Error::broker(format!("binding the describe queue to '{exchange}'"), e))?;
+        self.server
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker("consuming the describe queue", e))
+    }
+
     /// Publishes one message to the default exchange on a channel opened for it alone, and
     /// waits for the broker's confirm; `None` when the link has no connection of its own (an
     /// `Rpc` on a caller's channel). A broker that refuses the message closes only that

@@ -333,6 +333,7 @@ impl Rpc {
     /// # Errors
     /// As [`Rpc::register`]; on error, the methods registered by this call are unregistered.
     pub async fn serve<S: Service>(&self, service: S) -> Result<(), Error> {
+        self.session.catalog.add_service(service.info());
         let mut done: Vec<String> = Vec::new();
         for handler in MethodHandler::all(Arc::new(service)) {
             let name = String::from(Handler::target(&handler));
@@ -410,6 +411,21 @@ impl Rpc {
     /// Whether the link to the broker is up.
     pub fn is_connected(&self) -> bool {
         self.session.current().is_some()
+    }
+
+    /// What the servers of this vhost serve: publishes a describe request, which every `Rpc`
+    /// serving something answers with its services (as `rpc_core::ServiceInfo::describe_with`
+    /// renders them: methods, parameters with types and JSON Schemas, return types, docs) and
+    /// its registered names, and merges the answers that come within `wait` (it always waits
+    /// that long: the number of servers is not known). The shape:
+    /// `{"servers": 2, "services": [..], "definitions": {..}, "methods": ["calculator.calculate", ..]}`
+    /// (`docs/AMQP.md`, "Describe").
+    ///
+    /// # Errors
+    /// [`RpcError::Unavailable`] when no server serves anything on the vhost, or none answered
+    /// within `wait`; [`RpcError::Transport`] without a link.
+    pub async fn describe(&self, wait: Duration) -> Result<Value, RpcError> {
+        crate::describe::describe(self.session.link(), wait).await
     }
 
     /// The broker the `Rpc` is connected to now (its URL, password redacted); `None` while

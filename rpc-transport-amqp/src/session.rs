@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::client::{self, Pending};
 use crate::config::BodyLimit;
+use crate::describe::{self, Catalog};
 use crate::link::{Link, LinkLost, Reports};
 use crate::server::{self, Registration, Serving, WrapStack};
 use crate::{wire, Error, RpcConfig};
@@ -78,6 +79,8 @@ pub(crate) struct Session {
     generations: AtomicU64,
     /// Handed to every link, for the loops reading from it.
     reports: Reports,
+    /// What describe requests are answered with.
+    pub(crate) catalog: Arc<Catalog>,
 }
 
 impl Session {
@@ -102,6 +105,7 @@ impl Session {
             shutdown: CancellationToken::new(),
             generations: AtomicU64::new(0),
             reports,
+            catalog: Arc::default(),
         };
         (Arc::new(session), losses)
     }
@@ -295,6 +299,22 @@ impl Session {
         }
         let serving = Arc::clone(&self.serving);
         tokio::spawn(server::serve_queue(serving, Arc::clone(link), name.to_owned(), registration.clone(), consumer));
+        if let Err(e) = self.start_describing(link).await {
+            warn!(error = %e, "cannot answer describe requests on this link");
+        }
+        Ok(())
+    }
+
+    /// Answers describe requests on `link`, unless it does already.
+    async fn start_describing(&self, link: &Arc<Link>) -> Result<(), Error> {
+        let Some(claim) = link.claim(wire::DESCRIBE_EXCHANGE) else { return Ok(()) };
+        let consumer = link.consume_describe().await?;
+        let tag = consumer.tag();
+        if claim.fill(tag.clone()) {
+            tokio::spawn(describe::serve_describe(Arc::clone(&self.catalog), Arc::clone(link), consumer));
+        } else {
+            let _ = link.cancel_consumer(tag).await;
+        }
         Ok(())
     }
 
@@ -303,6 +323,10 @@ impl Session {
             return Err(Error::invalid_name(name, "empty (the broker would name the queue itself)"));
         }
         wire::short(name).map_err(|reason| Error::invalid_name(name, reason))?;
+        if name.starts_with(rpc_core::service::RESERVED_PREFIX) {
+            let reason = format!("names starting with '{}' are the framework's", rpc_core::service::RESERVED_PREFIX);
+            return Err(Error::invalid_name(name, reason));
+        }
         if self.is_closing() {
             return Err(Error::Closed);
         }
@@ -314,6 +338,7 @@ impl Session {
             }
             handlers.insert(name.to_owned(), registration.clone());
         }
+        self.catalog.add_name(name);
         let outcome = match self.link() {
             Ok(link) => match self.start_serving(&link, name, &registration).await {
                 // The link died under the registration: the next link consumes the method.
@@ -329,6 +354,7 @@ impl Session {
             let mut handlers = self.lock_handlers();
             if handlers.get(name).is_some_and(|r| r.is(&registration)) {
                 handlers.remove(name);
+                self.catalog.remove_name(name);
             }
             registration.end();
         }
@@ -339,6 +365,7 @@ impl Session {
         let Some(registration) = self.lock_handlers().remove(name) else {
             return Err(Error::NotRegistered(name.to_owned()));
         };
+        self.catalog.remove_name(name);
         registration.end();
         match self.current() {
             Some(link) => link.cancel_method(name).await,

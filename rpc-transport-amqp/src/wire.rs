@@ -14,6 +14,9 @@ use crate::Codec;
 
 /// The headers exchange expired requests are dead-lettered to (aio-pika's `RPC.DLX_NAME`).
 pub const DLX_EXCHANGE: &str = "rpc.dlx";
+/// The fanout exchange of describe requests ("what do you serve", `docs/AMQP.md`): every
+/// `Rpc` that serves something binds a queue of its own to it and answers with what it serves.
+pub const DESCRIBE_EXCHANGE: &str = "_rpc.describe";
 /// `type` of a request.
 pub const TYPE_CALL: &str = "call";
 /// `type` of a successful reply.

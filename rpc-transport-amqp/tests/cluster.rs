@@ -67,9 +67,12 @@ impl Cluster {
         wire::redact_url(&self.urls[n - 1])
     }
 
+    /// SIGKILLs node `n`; when the signal was sent (the script then waits for the process
+    /// to be gone).
     fn kill(&self, n: usize) -> Instant {
+        let at = Instant::now();
         run(&["kill", &n.to_string()]);
-        Instant::now()
+        at
     }
 
     async fn restart(&self, n: usize) -> Duration {
@@ -166,6 +169,8 @@ struct Tally {
     /// Not ended `HANG_SLACK` after the deadline.
     hung: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// When each error came, from the start of the run.
+    failures: Mutex<Vec<Duration>>,
     /// When each success came, from the start of the run.
     successes: Mutex<Vec<Duration>>,
     /// The longest any call took.
@@ -180,6 +185,29 @@ impl Tally {
     /// Successes since `from`.
     fn succeeded_since(&self, from: Duration) -> usize {
         self.successes.lock().unwrap().iter().filter(|t| **t >= from).count()
+    }
+
+    /// Successes/failures per second from 2 s before `kill` to 15 s after.
+    fn timeline(&self, kill: Duration) -> String {
+        let per_second = |times: &[Duration], second: i64| {
+            times
+                .iter()
+                .filter(|t| {
+                    let offset = t.as_millis() as i64 - kill.as_millis() as i64;
+                    offset.div_euclid(1000) == second
+                })
+                .count()
+        };
+        let successes = self.successes.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        let mut seconds: Vec<String> = (-2..15)
+            .map(|second| format!("{}/{}", per_second(&successes, second), per_second(&failures, second)))
+            .collect();
+        // The load stops a few seconds after the recovery.
+        while seconds.last().is_some_and(|s| s == "0/0") {
+            seconds.pop();
+        }
+        seconds.join(" ")
     }
 
     /// How long after `kill` calls succeeded again at half the rate of the 2 s before it (the
@@ -232,6 +260,7 @@ fn load(
                     }
                     Ok(Err(e)) => {
                         *tally.errors.lock().unwrap().entry(e.kind()).or_default() += 1;
+                        tally.failures.lock().unwrap().push(start.elapsed());
                         // A failed call comes back at once while no server is reachable: do
                         // not spin.
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -282,6 +311,7 @@ fn report(what: &str, tally: &Tally, runs: &Runs, kills: &[(usize, Duration)]) -
             "; node {node} killed: calls back at half rate after {}",
             recovered.map_or("never".into(), |d| format!("{} ms", d.as_millis()))
         ));
+        println!("  ok/failed per second from 2 s before node {node}'s death: {}", tally.timeline(*at));
         assert!(
             recovered.is_some_and(|d| d <= RECOVERY_BOUND),
             "{what}: calls did not recover within {RECOVERY_BOUND:?} of node {node}'s death"
