@@ -375,7 +375,7 @@ pub fn cluster(settings: &Settings, cluster: &str) -> Vec<Summary> {
             let _ = server.close().await;
             // Quorum queues are durable: remove the benchmark's.
             if let Ok(conn) = Connection::connect(
-                &rpc_transport_amqp::wire::broker_urls(&server_url)[0],
+                rpc_transport_amqp::wire::broker_urls(&server_url)[0],
                 ConnectionProperties::default(),
             )
             .await
