@@ -276,7 +276,8 @@ impl Session {
             }
         }
         self.connected.send_replace(0);
-        warn!(generation = link.generation, reason = %reason, "lost the link to the broker; failing pending calls");
+        let broker = link.broker.as_deref().unwrap_or("(a caller's channel)");
+        warn!(generation = link.generation, broker, reason = %reason, "lost the link to the broker; failing pending calls");
         self.serving.casualties.link_lost(link.generation, reason);
         self.limit.learn(reason);
         let message = format!("connection to the broker lost: {reason}");

@@ -169,6 +169,8 @@ struct Tally {
     /// Not ended `HANG_SLACK` after the deadline.
     hung: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// The first and the last message of each error kind.
+    samples: Mutex<BTreeMap<&'static str, (String, String)>>,
     /// When each error came, from the start of the run.
     failures: Mutex<Vec<Duration>>,
     /// When each success came, from the start of the run.
@@ -260,6 +262,12 @@ fn load(
                     }
                     Ok(Err(e)) => {
                         *tally.errors.lock().unwrap().entry(e.kind()).or_default() += 1;
+                        let text = format!("at {} ms: {e}", start.elapsed().as_millis());
+                        {
+                            let mut samples = tally.samples.lock().unwrap();
+                            let sample = samples.entry(e.kind()).or_insert_with(|| (text.clone(), String::new()));
+                            sample.1 = text;
+                        }
                         tally.failures.lock().unwrap().push(start.elapsed());
                         // A failed call comes back at once while no server is reachable: do
                         // not spin.
@@ -305,19 +313,27 @@ fn report(what: &str, tally: &Tally, runs: &Runs, kills: &[(usize, Duration)]) -
         tally.hung.load(Ordering::Relaxed),
         tally.slowest.lock().unwrap().as_millis(),
     );
+    let mut recoveries = Vec::new();
     for (node, at) in kills {
         let recovered = tally.recovery(*at);
         line.push_str(&format!(
-            "; node {node} killed: calls back at half rate after {}",
+            "; node {node} killed at {} ms: calls back at half rate after {}",
+            at.as_millis(),
             recovered.map_or("never".into(), |d| format!("{} ms", d.as_millis()))
         ));
         println!("  ok/failed per second from 2 s before node {node}'s death: {}", tally.timeline(*at));
+        recoveries.push((node, recovered));
+    }
+    println!("{line}");
+    for (kind, (first, last)) in tally.samples.lock().unwrap().iter() {
+        println!("  {kind}: first {first}; last {last}");
+    }
+    for (node, recovered) in recoveries {
         assert!(
             recovered.is_some_and(|d| d <= RECOVERY_BOUND),
             "{what}: calls did not recover within {RECOVERY_BOUND:?} of node {node}'s death"
         );
     }
-    println!("{line}");
     assert_eq!(tally.hung.load(Ordering::Relaxed), 0, "{what}: calls hung");
     assert_eq!(tally.wrong.load(Ordering::Relaxed), 0, "{what}: a call got another call's result");
     assert!(tally.succeeded.load(Ordering::Relaxed) > 500, "{what}: too few calls succeeded");
@@ -466,6 +482,12 @@ async fn quorum_queue(cluster: &Cluster) -> String {
     let (_, leader) = Cluster::quorum_queue(1, method).expect("the queue is listed");
     let kill = cluster.kill(leader);
     await_recovery(&tally, start, kill).await;
+    println!(
+        "  after the kill: client on {:?}, server A on {:?}, server B on {:?}",
+        client.broker(),
+        server_a.broker(),
+        server_b.broker()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     while let Some(joined) = callers.join_next().await {
