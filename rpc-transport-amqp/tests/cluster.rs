@@ -472,14 +472,18 @@ async fn quorum_queue(cluster: &Cluster) -> String {
     let back = cluster.restart(leader).await;
     println!("node {leader} back in {:.1} s", back.as_secs_f64());
 
-    // Under load: the leader's node dies again (wherever it is now).
+    // Under load, the worst case: the caller is on the node that leads the queue now, and that
+    // node dies; the queue's leader and the caller's connection and reply queue go at once.
+    client.close().await.expect("close");
+    let (_, leader) = Cluster::quorum_queue(1, method).expect("the queue is listed");
+    let client = self::client(&cluster.list_from(leader)).await;
+    assert_eq!(client.broker(), Some(cluster.url(leader)));
     runs.lock().unwrap().clear();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let mut callers = load(&client, method, &stop, &tally, start);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, leader) = Cluster::quorum_queue(1, method).expect("the queue is listed");
     let kill = cluster.kill(leader);
     await_recovery(&tally, start, kill).await;
     println!(
@@ -493,8 +497,12 @@ async fn quorum_queue(cluster: &Cluster) -> String {
     while let Some(joined) = callers.join_next().await {
         joined.expect("caller task");
     }
-    let line =
-        report(&format!("quorum queue, leader on node {leader} killed"), &tally, &runs, &[(leader, kill - start)]);
+    let line = report(
+        &format!("quorum queue, leader's and client's node {leader} killed"),
+        &tally,
+        &runs,
+        &[(leader, kill - start)],
+    );
     for rpc in [client, server_a, server_b] {
         assert!(rpc.wait_connected(RECOVERY_BOUND).await, "every Rpc reconnects");
         rpc.close().await.expect("close");
