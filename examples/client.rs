@@ -17,6 +17,12 @@
 //! aio-pika's `JsonRPC` needs. `--timeout` takes seconds (`0.5` too). Options go before the
 //! method.
 //!
+//! `--describe` (no call) lists what is served instead: services, methods with their
+//! parameters and types, return types and docs. Over RabbitMQ every server of the vhost answers
+//! (the answers are gathered for 2 s, or `--timeout` if shorter), so servers of different
+//! services are all listed; over TCP, the server or the Producer answers `_rpc describe`.
+//! `$RABBITMQ_URL` may list several brokers, comma-separated (the nodes of a cluster).
+//!
 //! When an AMQP call times out, the client asks the broker about the method's queue and says
 //! which it was: the queue exists but no server consumes it (no server is running), or a
 //! server took the request and did not answer in time.
@@ -56,8 +62,12 @@ pub struct Cli {
     /// Seconds to wait for the answer (`0.5` too; at least 0.001).
     #[arg(long, default_value = "30", value_parser = cli::seconds)]
     pub timeout: Duration,
+    /// List the services and methods served (with parameters, types and docs) instead of
+    /// making a call.
+    #[arg(long, conflicts_with = "call")]
+    pub describe: bool,
     /// The call. TCP: `service method [args...]`. AMQP: `method [name=value...]`.
-    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(required_unless_present = "describe", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub call: Vec<String>,
 }
 
@@ -160,6 +170,80 @@ pub async fn call_amqp(url: &str, method: &str, args: Args, json: bool, timeout:
     result
 }
 
+/// How long `--describe` gathers the answers of the servers of a vhost.
+pub const DESCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the servers at `url` serve ([`Rpc::describe`]), gathered for `wait`.
+///
+/// # Errors
+/// As [`call_amqp`]; [`RpcError::Unavailable`] when no server answers.
+pub async fn describe_amqp(url: &str, wait: Duration, timeout: Duration) -> Result<Value, RpcError> {
+    let unreachable = || {
+        let url = rpc::amqp::wire::redact_url(url);
+        RpcError::Transport { message: format!("cannot connect to {url}: no answer in time"), source: None }
+    };
+    let rpc = tokio::time::timeout(timeout, Rpc::connect(url)).await.map_err(|_| unreachable())??;
+    let described = rpc.describe(wait).await;
+    let _ = rpc.close().await;
+    described
+}
+
+/// A description (`Rpc::describe`, `Registry::describe`: services rendered by
+/// `ServiceInfo::describe_with`) as text: each service with its doc, each method as
+/// `target(param: Type, ...) -> Type` with its doc, then methods served outside any service.
+pub fn render_description(described: &Value) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    let services = described["services"].as_array().unwrap_or(&empty);
+    if let Some(servers) = described["servers"].as_u64() {
+        out.push_str(&format!("{servers} server(s) answered\n"));
+    }
+    let mut in_services = std::collections::BTreeSet::new();
+    for service in services {
+        let name = service["name"].as_str().unwrap_or("?");
+        out.push_str(&format!("\n{name}"));
+        match service["doc"].as_str() {
+            Some(doc) if !doc.is_empty() => out.push_str(&format!(": {}\n", first_line(doc))),
+            _ => out.push('\n'),
+        }
+        for method in service["methods"].as_array().unwrap_or(&empty) {
+            let target = method["target"].as_str().unwrap_or("?");
+            in_services.insert(target.to_owned());
+            let params: Vec<String> = method["params"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|p| format!("{}: {}", p["name"].as_str().unwrap_or("?"), p["type"].as_str().unwrap_or("?")))
+                .collect();
+            let variadic = if method["variadic"] == true { "..." } else { "" };
+            let returns = method["returns"]["type"].as_str().unwrap_or("?");
+            out.push_str(&format!("  {target}({}{variadic}) -> {returns}\n", params.join(", ")));
+            if let Some(doc) = method["doc"].as_str().filter(|d| !d.is_empty()) {
+                for line in doc.lines() {
+                    let line = format!("      {line}");
+                    out.push_str(line.trim_end());
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    let others: Vec<&str> = described["methods"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|m| !in_services.contains(*m))
+        .collect();
+    if !others.is_empty() {
+        out.push_str(&format!("\nother methods (no description): {}\n", others.join(", ")));
+    }
+    out.trim_end().to_owned()
+}
+
+fn first_line(doc: &str) -> &str {
+    doc.lines().next().unwrap_or_default()
+}
+
 /// The example's `main` without the process around it: makes the call `cli` describes
 /// (over AMQP, on the broker at `url`) and returns the text to print.
 ///
@@ -167,6 +251,18 @@ pub async fn call_amqp(url: &str, method: &str, args: Args, json: bool, timeout:
 /// [`Failure::Usage`] for a call the command line cannot express, [`Failure::Call`] when the
 /// call fails.
 pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
+    if cli.describe {
+        let described = if cli.amqp {
+            describe_amqp(url, DESCRIBE_WAIT.min(cli.timeout), cli.timeout).await.map_err(Failure::Call)?
+        } else {
+            let Some(target) = &cli.tcp else { return Err(Failure::Usage("give --tcp ADDR or --amqp".into())) };
+            let addr = cli::server("--tcp", target).await.map_err(Failure::Usage)?;
+            let request = Request::new("_rpc", "describe", Args::Text(Vec::new())).with_deadline(cli.timeout);
+            let reply = TcpTransport::new(addr).call(request).await.map_err(Failure::Call)?;
+            reply.decode::<Value>("_rpc.describe").map_err(Failure::Call)?
+        };
+        return Ok(render_description(&described));
+    }
     let value = if cli.amqp {
         let (method, pairs) = cli.call.split_first().ok_or_else(|| Failure::Usage("no method given".into()))?;
         let args = amqp_args(method, pairs).map_err(Failure::Usage)?;
@@ -191,7 +287,9 @@ pub async fn explain_timeout(url: &str, method: &str, timeout: Duration) -> Opti
     use lapin::types::FieldTable;
 
     let ask = async {
-        let conn = rpc::amqp::Connection::connect(url, rpc::amqp::ConnectionProperties::default()).await.ok()?;
+        // The first broker of a list: the queue is the cluster's.
+        let first = rpc::amqp::wire::broker_urls(url)[0];
+        let conn = rpc::amqp::Connection::connect(first, rpc::amqp::ConnectionProperties::default()).await.ok()?;
         let channel = conn.create_channel().await.ok()?;
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let declared = channel.queue_declare(method.into(), passive, FieldTable::default()).await;

@@ -140,6 +140,15 @@ async fn the_consumer_example_serves_over_rabbitmq_and_the_client_example_calls_
         matches!(&unknown, RpcError::Unavailable { target, .. } if target == "calculator.sqrt"),
         "expected RpcError::Unavailable {{ target, .. }} if target == \"calculator.sqrt\", got {unknown:?}"
     );
+    // `--describe` lists what the servers of the vhost serve, with parameters, types and docs.
+    let described = client(&["--amqp", "--describe"]).await.unwrap();
+    for line in [
+        "calculator.calculate(a: f64, op: String, b: f64) -> f64",
+        "neural_net.predict(inputs: Vec<f32>...) -> Prediction",
+        "      Applies `op` (one of `+ - * /`) to `a` and `b`",
+    ] {
+        assert!(described.contains(line), "{line:?} missing from:\n{described}");
+    }
 
     server.close().await.unwrap();
     // Closed, the consumer no longer takes requests: the queue stays, nobody answers.
@@ -253,6 +262,8 @@ fn client_command_line_takes_one_transport_json_only_over_amqp_and_timeouts_in_s
     assert!(parse(&["--amqp", "--tcp", "127.0.0.1:9000", "x", "y"]).is_err(), "only one transport");
     assert!(parse(&["--json", "--tcp", "127.0.0.1:9000", "x", "y"]).is_err(), "--json is for AMQP");
     assert!(parse(&["--amqp"]).is_err(), "a method is required");
+    assert!(parse(&["--amqp", "--describe"]).is_ok_and(|cli| cli.describe && cli.call.is_empty()));
+    assert!(parse(&["--amqp", "--describe", "m"]).is_err(), "--describe makes no call");
     for bad in ["0", "-1", "soon", "NaN", "1e30"] {
         assert!(parse(&["--amqp", "--timeout", bad, "m"]).is_err(), "--timeout {bad}");
     }

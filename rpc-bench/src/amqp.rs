@@ -326,3 +326,70 @@ pub fn hold_server(method: &str, calls: usize) {
         std::future::pending::<()>().await;
     });
 }
+
+/// Calls/s of `rpc.call multiply` at 64 in flight, classic and quorum method queues, on the
+/// default broker (`$RABBITMQ_URL`) and on the cluster `cluster` (a comma-separated list, as
+/// `scripts/rabbitmq-cluster.sh start` prints): there the server is given the list from its
+/// second node and the client from its first, so requests and replies cross nodes.
+pub fn cluster(settings: &Settings, cluster: &str) -> Vec<Summary> {
+    let rt = runtime("bench-amqp-cluster");
+    let urls = rpc_transport_amqp::wire::broker_urls(cluster).into_iter().map(str::to_owned).collect::<Vec<_>>();
+    let rotated = |first: usize| -> String {
+        (0..urls.len()).map(|i| urls[(first + i) % urls.len()].as_str()).collect::<Vec<_>>().join(",")
+    };
+    let single = url();
+    let setups = [
+        ("default broker, classic queue", single.clone(), single.clone(), false),
+        ("default broker, quorum queue", single.clone(), single, true),
+        ("3-node cluster, classic queue", rotated(1), rotated(0), false),
+        ("3-node cluster, quorum queue", rotated(1), rotated(0), true),
+    ];
+    let mut out = Vec::new();
+    for (label, server_url, client_url, quorum) in setups {
+        let (server, client, method) = rt.block_on(async {
+            let server = Rpc::builder()
+                .prefetch(PREFETCH)
+                .quorum_queues(quorum)
+                .connect(&server_url)
+                .await
+                .expect("server connects");
+            let client = Rpc::connect(&client_url).await.expect("client connects");
+            let method = unique("cluster-multiply");
+            server
+                .register_async(&method, |m: Multiply| async move { Ok::<_, std::convert::Infallible>(m.a * m.b) })
+                .await
+                .expect("register multiply");
+            (server, client, method)
+        });
+        let shared = Arc::new((client.clone(), method.clone()));
+        let mut runs = Vec::new();
+        for _ in 0..settings.reps {
+            let shared = Arc::clone(&shared);
+            runs.push(measure(&rt, 64, settings, move |w, i| {
+                let shared = Arc::clone(&shared);
+                async move {
+                    let a = (w as i64) * 1_000_000 + i as i64;
+                    shared.0.call::<i64>(&shared.1, kwargs! {"a" => a, "b" => 3}).await.ok() == Some(a * 3)
+                }
+            }));
+        }
+        out.push(Summary::of(label, 64, &runs));
+        rt.block_on(async {
+            let _ = client.close().await;
+            let _ = server.close().await;
+            // Quorum queues are durable: remove the benchmark's.
+            if let Ok(conn) = Connection::connect(
+                rpc_transport_amqp::wire::broker_urls(&server_url)[0],
+                ConnectionProperties::default(),
+            )
+            .await
+            {
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = channel.queue_delete(method.as_str().into(), Default::default()).await;
+                }
+                let _ = conn.close(200, "OK".into()).await;
+            }
+        });
+    }
+    out
+}

@@ -55,6 +55,14 @@ enum What {
         #[arg(long)]
         count: usize,
     },
+    /// RabbitMQ cluster: calls/s at 64 in flight, classic and quorum method queues, on the
+    /// default broker and on a cluster (not part of `all`: start one with
+    /// `scripts/rabbitmq-cluster.sh start` and pass the URLs it prints).
+    Cluster {
+        /// The cluster's nodes, comma-separated.
+        #[arg(long)]
+        urls: String,
+    },
     /// Internal: the server process of the RSS measurement.
     #[command(hide = true)]
     HoldServer {
@@ -133,6 +141,14 @@ fn main() {
             Err(why) => println!("\n(aio-pika peer skipped: {why})"),
         }
         stats::print_table("RabbitMQ request/reply (`multiply`)", &rows, "(d) raw lapin floor");
+    }
+    if let What::Cluster { urls } = &cli.what {
+        let rows = amqp::cluster(&settings, urls);
+        stats::print_table(
+            "RabbitMQ cluster vs default broker (`multiply`, 64 in flight)",
+            &rows,
+            "default broker, classic queue",
+        );
     }
     if all || cli.what == What::Growth {
         let rows = amqp::payload_growth(&settings);

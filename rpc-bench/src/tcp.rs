@@ -225,8 +225,10 @@ pub fn hold_idle(count: usize) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let limits = Limits::default().with_max_connections(count + 64).with_read_timeout(Duration::from_secs(600));
-        let consumer =
-            Consumer::new(Arc::new(Registry::new().with(Calculator)), ConsumerConfig::default().with_limits(limits));
+        let consumer = Consumer::new(
+            Arc::new(Registry::new().with(Calculator).expect("distinct, unreserved service names")),
+            ConsumerConfig::default().with_limits(limits),
+        );
         tokio::spawn(async move { consumer.serve(listener, shutdown).await });
         addr
     });

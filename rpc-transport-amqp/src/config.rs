@@ -71,6 +71,11 @@ pub struct RpcConfig {
     /// The connection name shown by the broker (`rabbitmqctl list_connections
     /// client_properties`), for connections the `Rpc` opens itself.
     pub connection_name: Option<String>,
+    /// Whether the method queues this `Rpc` serves are quorum queues (durable, replicated on
+    /// the cluster's nodes: requests waiting in them survive the death of a node) instead of
+    /// aio-pika's classic ones (off by default). Every server of a method must agree: the
+    /// broker refuses a declaration of the other kind (`docs/AMQP.md`, "Quorum method queues").
+    pub quorum_queues: bool,
 }
 
 impl Default for RpcConfig {
@@ -88,6 +93,7 @@ impl Default for RpcConfig {
             shutdown_grace: Duration::from_secs(30),
             max_run: Duration::from_secs(300),
             connection_name: None,
+            quorum_queues: false,
         }
     }
 }

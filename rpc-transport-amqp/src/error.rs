@@ -41,6 +41,11 @@ pub enum Error {
         timeout: std::time::Duration,
     },
 
+    /// None of several brokers ([`wire::broker_urls`](crate::wire::broker_urls)) could be
+    /// connected to: each one's error, in the order they were tried.
+    #[error("cannot connect to any of {} brokers: {}", .0.len(), list(.0))]
+    NoBroker(Vec<Error>),
+
     /// The broker refused an operation (a declaration, a consume, a cancel...).
     #[error("{action}: {source}")]
     Broker {
@@ -105,6 +110,10 @@ impl std::fmt::Display for ScrubbedError {
 }
 
 impl std::error::Error for ScrubbedError {}
+
+fn list(errors: &[Error]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
 
 impl Error {
     pub(crate) fn broker(action: impl Into<String>, source: lapin::Error) -> Self {

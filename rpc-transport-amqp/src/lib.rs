@@ -12,6 +12,7 @@
 //! - `session.rs`: the one owner of the link's life (connect, install, wait for the loss,
 //!   back off, reconnect, as one loop) and of what the handles share;
 //! - `client.rs`: publishing requests, matching replies to pending calls (the reply loop);
+//! - `describe.rs`: the describe request ("what do you serve"), both sides;
 //! - `server.rs`: consuming method queues, running requests through the server stack (the
 //!   layers of [`RpcBuilder::layer`], then the handler under the run policy), replying,
 //!   acking (the serving loops);
@@ -55,6 +56,7 @@
 mod client;
 pub mod codec;
 pub mod config;
+mod describe;
 pub mod error;
 mod link;
 mod rpc;

@@ -57,6 +57,10 @@ pub(crate) struct Link {
     pub(crate) server: Channel,
     /// This link's server-named reply queue.
     pub(crate) reply_queue: ShortString,
+    /// The broker's URL, password redacted, when the `Rpc` opened the connection itself.
+    pub(crate) broker: Option<String>,
+    /// Whether method queues are declared as quorum queues.
+    quorum: bool,
     reply_tag: ShortString,
     /// Method name -> its consumer on `server`, or the claim of the one being started.
     consumers: Mutex<HashMap<String, Slot>>,
@@ -196,7 +200,17 @@ impl Link {
         };
         let client = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
         let server = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
-        Self::setup(Some(connection), client, server, config, generation, reports).await
+        let (mut link, consumer) = Self::setup(Some(connection), client, server, config, generation, reports).await?;
+        link.broker = Some(redacted);
+        Ok((link, consumer))
+    }
+
+    /// Refuses a URL that does not parse, before any connection is tried.
+    pub(crate) fn check_url(url: &str) -> Result<(), Error> {
+        url.parse::<AMQPUri>().map(drop).map_err(|reason: String| Error::InvalidUrl {
+            url: wire::redact_url(url),
+            reason: wire::redact_text(&reason, url),
+        })
     }
 
     /// Sets up on a channel the caller owns.
@@ -224,6 +238,8 @@ impl Link {
             client,
             server,
             reply_queue,
+            broker: None,
+            quorum: config.quorum_queues,
             reply_tag: consumer.tag(),
             consumers: Mutex::new(HashMap::new()),
             claims: AtomicU64::new(0),
@@ -333,11 +349,14 @@ impl Link {
         }
     }
 
-    /// Declares method queue `name` (aio-pika's arguments) and starts consuming it. The caller
-    /// records the consumer ([`Claim::fill`], [`Link::replace_consumer`]).
+    /// Declares method queue `name` (aio-pika's arguments, or a durable quorum queue) and
+    /// starts consuming it. The caller records the consumer ([`Claim::fill`],
+    /// [`Link::replace_consumer`]).
     pub(crate) async fn consume_method(&self, name: &ShortString) -> Result<Consumer, Error> {
         let options =
-            QueueDeclareOptions { durable: false, exclusive: false, auto_delete: false, ..Default::default() };
+            QueueDeclareOptions { durable: self.quorum, exclusive: false, auto_delete: false, ..Default::default() };
+        let arguments =
+            if self.quorum { wire::quorum_method_queue_arguments() } else { wire::method_queue_arguments() };
         // A declaration the broker refuses (an existing queue with other arguments) closes the
         // channel it was made on. On our own connection it is made on a throwaway channel, so
         // the refusal cannot take the live channels down with it.
@@ -345,14 +364,14 @@ impl Link {
             Some(connection) => {
                 let scratch = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
                 scratch
-                    .queue_declare(name.clone(), options, wire::method_queue_arguments())
+                    .queue_declare(name.clone(), options, arguments)
                     .await
                     .map_err(|e| Error::broker(format!("declaring queue '{name}'"), e))?;
                 let _ = scratch.close(200, "OK".into()).await;
             }
             None => {
                 self.server
-                    .queue_declare(name.clone(), options, wire::method_queue_arguments())
+                    .queue_declare(name.clone(), options, arguments)
                     .await
                     .map_err(|e| Error::broker(format!("declaring queue '{name}'"), e))?;
             }
@@ -363,6 +382,44 @@ impl Link {
             .await
             .map_err(|e| Error::broker(format!("consuming queue '{name}'"), e))?;
         Ok(consumer)
+    }
+
+    /// Declares the describe exchange, binds a queue of this link's own to it and consumes it
+    /// (no ack) on the serving channel. The caller records the consumer ([`Claim::fill`]).
+    pub(crate) async fn consume_describe(&self) -> Result<Consumer, Error> {
+        let exchange = wire::DESCRIBE_EXCHANGE;
+        self.server
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions { durable: false, auto_delete: false, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker(format!("declaring exchange '{exchange}'"), e))?;
+        let queue = self
+            .server
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker("declaring the describe queue", e))?;
+        let queue = queue.name().clone();
+        self.server
+            .queue_bind(queue.clone(), exchange.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| Error::broker(format!("binding the describe queue to '{exchange}'"), e))?;
+        self.server
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker("consuming the describe queue", e))
     }
 
     /// Publishes one message to the default exchange on a channel opened for it alone, and

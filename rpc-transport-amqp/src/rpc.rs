@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::client::{self, Call};
 use crate::server::WrapStack;
-use crate::session::Session;
+use crate::session::{Brokers, Session};
 use crate::{CallOptions, Codec, Error, RpcConfig};
 
 /// Request/reply RPC over RabbitMQ: calls remote methods and serves local ones.
@@ -149,6 +149,14 @@ impl RpcBuilder {
         self
     }
 
+    /// Serves methods from quorum queues ([`RpcConfig::quorum_queues`]): durable, replicated
+    /// over the cluster, surviving the death of a node; not compatible with servers that
+    /// declare the classic queue (aio-pika's `JsonRPC`, an `Rpc` without this option).
+    pub fn quorum_queues(mut self, on: bool) -> Self {
+        self.config.quorum_queues = on;
+        self
+    }
+
     /// Connection name shown by the broker, for [`RpcBuilder::connect`].
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.config.connection_name = Some(name.into());
@@ -204,13 +212,36 @@ impl RpcBuilder {
         Ok(Rpc { session, defaults: CallOptions::default() })
     }
 
-    /// An `Rpc` that opens and owns its connection; see [`Rpc::connect`].
+    /// An `Rpc` that opens and owns its connection; see [`Rpc::connect`]. `url` may name
+    /// several brokers, separated by commas ([`wire::broker_urls`](crate::wire::broker_urls)).
     ///
     /// # Errors
     /// [`Error::InvalidUrl`], [`Error::Connect`] or [`Error::ConnectTimeout`] (password
-    /// redacted), or [`Error::Broker`].
+    /// redacted), [`Error::NoBroker`] when several were named, or [`Error::Broker`].
     pub async fn connect(self, url: &str) -> Result<Rpc, Error> {
-        let session = Session::connect(self.config, &self.layers.0, url, self.properties).await?;
+        let urls = crate::wire::broker_urls(url);
+        self.connect_any(urls).await
+    }
+
+    /// An `Rpc` that opens and owns its connection to the first of `urls` that answers, and
+    /// on a loss fails over to the others: after losing a broker, it tries the next ones in
+    /// the list's order, the lost one last, then waits the backoff delay
+    /// ([`RpcBuilder::reconnect_delay`]) before another round. Use it with the nodes of one
+    /// RabbitMQ cluster (`docs/AMQP.md`, "Clusters"); give each process the list in its own
+    /// order to spread the connections over the nodes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] (an empty list, or a URL that does not parse; nothing is tried
+    /// then), [`Error::NoBroker`] with each broker's error when none answers (the error of
+    /// the only one for a list of one), or [`Error::Broker`].
+    pub async fn connect_any<I, S>(self, urls: I) -> Result<Rpc, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls = urls.into_iter().map(|u| u.as_ref().trim().to_owned()).collect();
+        let brokers = Brokers::new(urls, self.properties)?;
+        let session = Session::connect(self.config, &self.layers.0, brokers).await?;
         Ok(Rpc { session, defaults: CallOptions::default() })
     }
 }
@@ -235,11 +266,12 @@ impl Rpc {
     }
 
     /// An `Rpc` that connects to `url`, owns the connection (two channels: one for calls, one
-    /// for serving) and reconnects by itself when it is lost.
+    /// for serving) and reconnects by itself when it is lost. `url` may list the nodes of a
+    /// cluster, separated by commas: see [`RpcBuilder::connect_any`] for the failover order.
     ///
     /// # Errors
     /// [`Error::InvalidUrl`], [`Error::Connect`] or [`Error::ConnectTimeout`] (password
-    /// redacted), or [`Error::Broker`].
+    /// redacted), [`Error::NoBroker`], or [`Error::Broker`].
     pub async fn connect(url: &str) -> Result<Rpc, Error> {
         Self::builder().connect(url).await
     }
@@ -301,6 +333,7 @@ impl Rpc {
     /// # Errors
     /// As [`Rpc::register`]; on error, the methods registered by this call are unregistered.
     pub async fn serve<S: Service>(&self, service: S) -> Result<(), Error> {
+        self.session.catalog.add_service(service.info());
         let mut done: Vec<String> = Vec::new();
         for handler in MethodHandler::all(Arc::new(service)) {
             let name = String::from(Handler::target(&handler));
@@ -378,6 +411,27 @@ impl Rpc {
     /// Whether the link to the broker is up.
     pub fn is_connected(&self) -> bool {
         self.session.current().is_some()
+    }
+
+    /// What the servers of this vhost serve: publishes a describe request, which every `Rpc`
+    /// serving something answers with its services (as `rpc_core::ServiceInfo::describe_with`
+    /// renders them: methods, parameters with types and JSON Schemas, return types, docs) and
+    /// its registered names, and merges the answers that come within `wait` (it always waits
+    /// that long: the number of servers is not known). The shape:
+    /// `{"servers": 2, "services": [..], "definitions": {..}, "methods": ["calculator.calculate", ..]}`
+    /// (`docs/AMQP.md`, "Describe").
+    ///
+    /// # Errors
+    /// [`RpcError::Unavailable`] when no server serves anything on the vhost, or none answered
+    /// within `wait`; [`RpcError::Transport`] without a link.
+    pub async fn describe(&self, wait: Duration) -> Result<Value, RpcError> {
+        crate::describe::describe(self.session.link(), wait).await
+    }
+
+    /// The broker the `Rpc` is connected to now (its URL, password redacted); `None` while
+    /// it reconnects, and for an `Rpc` on a caller's channel.
+    pub fn broker(&self) -> Option<String> {
+        self.session.broker()
     }
 
     /// Waits until the link to the broker is up (after a reconnection), at most `timeout`.

@@ -637,11 +637,12 @@ const REMEMBERED: usize = 4096;
 /// (oldest forgotten first), 8 bytes a request (a keyed hash of its method, correlation id,
 /// reply queue and size).
 ///
-/// A redelivered request is poison when this server already answered it (the link died
-/// before the broker saw the ack: the reply itself may be what the broker refused), or when
-/// it was being handled at each of two losses of the link. A request merely being handled
+/// A redelivered request is poison when this server already answered it and the broker took
+/// the link down (before it saw the ack: the reply itself may be what the broker refused), or
+/// when it was being handled at each of two losses of the link. A request merely being handled
 /// at one loss (a network cut, a broker closing the connection) runs again, as at-least-once
-/// delivery promises.
+/// delivery promises; so does an answered one when the link died of an I/O error (its node
+/// died, the network failed): its reply most likely died with the connection.
 #[derive(Default)]
 pub(crate) struct Casualties {
     state: Mutex<CasualtyState>,
@@ -658,6 +659,9 @@ struct CasualtyState {
     struck: Remembered,
     /// Why the link was last lost (cut to 200 characters).
     last_loss: String,
+    /// Whether that loss was an I/O error (the peer gone) rather than the broker closing the
+    /// link.
+    last_loss_io: bool,
 }
 
 /// A bounded map that forgets its oldest entries.
@@ -754,7 +758,7 @@ impl Casualties {
     /// Whether a redelivered request is poison.
     fn verdict(&self, key: u64) -> Option<Poison> {
         let state = self.lock();
-        let answered = state.answered.get(key).is_some();
+        let answered = state.answered.get(key).is_some() && !state.last_loss_io;
         (answered || state.struck.get(key) >= Some(2)).then(|| Poison { answered, last_loss: state.last_loss.clone() })
     }
 
@@ -769,5 +773,7 @@ impl Casualties {
             *g != generation
         });
         *last_loss = reason.chars().take(200).collect();
+        // lapin's text for a socket error; a close by the broker names its reply code instead.
+        state.last_loss_io = reason.starts_with("IO error");
     }
 }

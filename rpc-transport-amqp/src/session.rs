@@ -8,7 +8,7 @@
 //! of the session; only the session changes the state, fails pending calls and reconnects.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::client::{self, Pending};
 use crate::config::BodyLimit;
+use crate::describe::{self, Catalog};
 use crate::link::{Link, LinkLost, Reports};
 use crate::server::{self, Registration, Serving, WrapStack};
 use crate::{wire, Error, RpcConfig};
@@ -32,11 +33,38 @@ enum State {
     Closed(#[allow(dead_code)] Option<Arc<Link>>),
 }
 
+/// The brokers an `Rpc` that owns its connection connects to, and where the next attempt
+/// starts.
+///
+/// The order is the list's: the first connection goes to the first broker that answers; after
+/// a loss, the attempts start at the broker after the one that was lost and go round the list
+/// (the lost one last), so the clients of a dead node spread over the next ones in the
+/// order each was given. A full round that fails waits the backoff delay before the next.
+pub(crate) struct Brokers {
+    urls: Vec<String>,
+    properties: ConnectionProperties,
+    /// Index of the broker the next round starts at.
+    next: AtomicUsize,
+}
+
+impl Brokers {
+    /// The brokers of `urls`; refuses an empty list and URLs that do not parse.
+    pub(crate) fn new(urls: Vec<String>, properties: ConnectionProperties) -> Result<Brokers, Error> {
+        if urls.is_empty() {
+            return Err(Error::InvalidUrl { url: String::new(), reason: "no broker URL given".into() });
+        }
+        for url in &urls {
+            Link::check_url(url)?;
+        }
+        Ok(Brokers { urls, properties, next: AtomicUsize::new(0) })
+    }
+}
+
 /// What the handles of one `Rpc` share, and the owner of its link.
 pub(crate) struct Session {
     pub(crate) config: Arc<RpcConfig>,
     /// Where to reconnect to; `None` for an `Rpc` on a caller's channel.
-    reconnect: Option<(String, ConnectionProperties)>,
+    reconnect: Option<Brokers>,
     state: Mutex<State>,
     pending: Arc<Pending>,
     handlers: Mutex<BTreeMap<String, Registration>>,
@@ -51,13 +79,15 @@ pub(crate) struct Session {
     generations: AtomicU64,
     /// Handed to every link, for the loops reading from it.
     reports: Reports,
+    /// What describe requests are answered with.
+    pub(crate) catalog: Arc<Catalog>,
 }
 
 impl Session {
     fn new(
         config: RpcConfig,
         layers: &[WrapStack],
-        reconnect: Option<(String, ConnectionProperties)>,
+        reconnect: Option<Brokers>,
     ) -> (Arc<Session>, mpsc::UnboundedReceiver<LinkLost>) {
         let config = Arc::new(config);
         let limit = Arc::new(BodyLimit::new(config.max_body_size));
@@ -75,6 +105,7 @@ impl Session {
             shutdown: CancellationToken::new(),
             generations: AtomicU64::new(0),
             reports,
+            catalog: Arc::default(),
         };
         (Arc::new(session), losses)
     }
@@ -94,15 +125,14 @@ impl Session {
         Ok(session)
     }
 
-    /// A session that opens its own connection to `url`, and reconnects. Requests served go
-    /// through `layers`.
+    /// A session that opens its own connection to one of `brokers`, and reconnects. Requests
+    /// served go through `layers`.
     pub(crate) async fn connect(
         config: RpcConfig,
         layers: &[WrapStack],
-        url: &str,
-        properties: ConnectionProperties,
+        brokers: Brokers,
     ) -> Result<Arc<Session>, Error> {
-        let (session, losses) = Session::new(config, layers, Some((url.to_owned(), properties)));
+        let (session, losses) = Session::new(config, layers, Some(brokers));
         let link = session.open().await?;
         tokio::spawn(Arc::clone(&session).run(link, losses));
         Ok(session)
@@ -158,13 +188,43 @@ impl Session {
         }
     }
 
-    /// Connects to the session's URL and installs the link.
+    /// Connects to the first broker that answers, in the order of [`Brokers`], and installs
+    /// the link; every broker's error when none does.
     async fn open(&self) -> Result<Arc<Link>, Error> {
-        let Some((url, properties)) = &self.reconnect else { return Err(Error::NotConnected) };
-        let generation = self.next_generation();
-        let (link, replies) =
-            Link::connect(url, properties.clone(), &self.config, generation, self.reports.clone()).await?;
-        self.install(link, replies).await
+        let Some(brokers) = &self.reconnect else { return Err(Error::NotConnected) };
+        let count = brokers.urls.len();
+        let first = brokers.next.load(Ordering::Relaxed) % count;
+        let mut errors = Vec::new();
+        for index in (first..count).chain(0..first) {
+            let url = &brokers.urls[index];
+            let generation = self.next_generation();
+            let opened = async {
+                let (link, replies) =
+                    Link::connect(url, brokers.properties.clone(), &self.config, generation, self.reports.clone())
+                        .await?;
+                self.install(link, replies).await
+            };
+            match opened.await {
+                Ok(link) => {
+                    brokers.next.store((index + 1) % count, Ordering::Relaxed);
+                    if count > 1 {
+                        info!(broker = %wire::redact_url(url), generation, "connected to the broker");
+                    }
+                    return Ok(link);
+                }
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => errors.push(e),
+            }
+        }
+        match errors.len() {
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::NoBroker(errors)),
+        }
+    }
+
+    /// The URL (password redacted) of the broker the live link is connected to.
+    pub(crate) fn broker(&self) -> Option<String> {
+        self.current().and_then(|link| link.broker.clone())
     }
 
     /// Makes `link` the live link and starts its reply loop, its return loop and one serving
@@ -216,7 +276,8 @@ impl Session {
             }
         }
         self.connected.send_replace(0);
-        warn!(generation = link.generation, reason = %reason, "lost the link to the broker; failing pending calls");
+        let broker = link.broker.as_deref().unwrap_or("(a caller's channel)");
+        warn!(generation = link.generation, broker, reason = %reason, "lost the link to the broker; failing pending calls");
         self.serving.casualties.link_lost(link.generation, reason);
         self.limit.learn(reason);
         let message = format!("connection to the broker lost: {reason}");
@@ -239,6 +300,22 @@ impl Session {
         }
         let serving = Arc::clone(&self.serving);
         tokio::spawn(server::serve_queue(serving, Arc::clone(link), name.to_owned(), registration.clone(), consumer));
+        if let Err(e) = self.start_describing(link).await {
+            warn!(error = %e, "cannot answer describe requests on this link");
+        }
+        Ok(())
+    }
+
+    /// Answers describe requests on `link`, unless it does already.
+    async fn start_describing(&self, link: &Arc<Link>) -> Result<(), Error> {
+        let Some(claim) = link.claim(wire::DESCRIBE_EXCHANGE) else { return Ok(()) };
+        let consumer = link.consume_describe().await?;
+        let tag = consumer.tag();
+        if claim.fill(tag.clone()) {
+            tokio::spawn(describe::serve_describe(Arc::clone(&self.catalog), Arc::clone(link), consumer));
+        } else {
+            let _ = link.cancel_consumer(tag).await;
+        }
         Ok(())
     }
 
@@ -247,6 +324,10 @@ impl Session {
             return Err(Error::invalid_name(name, "empty (the broker would name the queue itself)"));
         }
         wire::short(name).map_err(|reason| Error::invalid_name(name, reason))?;
+        if name.starts_with(rpc_core::service::RESERVED_PREFIX) {
+            let reason = format!("names starting with '{}' are the framework's", rpc_core::service::RESERVED_PREFIX);
+            return Err(Error::invalid_name(name, reason));
+        }
         if self.is_closing() {
             return Err(Error::Closed);
         }
@@ -258,6 +339,7 @@ impl Session {
             }
             handlers.insert(name.to_owned(), registration.clone());
         }
+        self.catalog.add_name(name);
         let outcome = match self.link() {
             Ok(link) => match self.start_serving(&link, name, &registration).await {
                 // The link died under the registration: the next link consumes the method.
@@ -273,6 +355,7 @@ impl Session {
             let mut handlers = self.lock_handlers();
             if handlers.get(name).is_some_and(|r| r.is(&registration)) {
                 handlers.remove(name);
+                self.catalog.remove_name(name);
             }
             registration.end();
         }
@@ -283,6 +366,7 @@ impl Session {
         let Some(registration) = self.lock_handlers().remove(name) else {
             return Err(Error::NotRegistered(name.to_owned()));
         };
+        self.catalog.remove_name(name);
         registration.end();
         match self.current() {
             Some(link) => link.cancel_method(name).await,

@@ -14,6 +14,9 @@ use crate::Codec;
 
 /// The headers exchange expired requests are dead-lettered to (aio-pika's `RPC.DLX_NAME`).
 pub const DLX_EXCHANGE: &str = "rpc.dlx";
+/// The fanout exchange of describe requests ("what do you serve", `docs/AMQP.md`): every
+/// `Rpc` that serves something binds a queue of its own to it and answers with what it serves.
+pub const DESCRIBE_EXCHANGE: &str = "_rpc.describe";
 /// `type` of a request.
 pub const TYPE_CALL: &str = "call";
 /// `type` of a successful reply.
@@ -42,6 +45,16 @@ pub const TRANSIENT: u8 = 1;
 pub fn method_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DLX_EXCHANGE.into()));
+    args
+}
+
+/// The arguments of a quorum method queue ([`RpcConfig::quorum_queues`](crate::RpcConfig::quorum_queues)):
+/// aio-pika's ([`method_queue_arguments`]) plus `x-queue-type: quorum`; the queue is declared
+/// durable. A method's queue is either kind, never both: the broker refuses a declaration
+/// whose arguments differ from the existing queue's (`docs/AMQP.md`, "Quorum method queues").
+pub fn quorum_method_queue_arguments() -> FieldTable {
+    let mut args = method_queue_arguments();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args
 }
 
@@ -224,7 +237,17 @@ pub fn death_reason(props: &BasicProperties) -> Option<String> {
 /// shows as `amqp://host:***@b`. Text that does not start with `amqp:` or `amqps:` is read as
 /// user information from its start: `guest:secret@host` gives `guest:***@host`, and another
 /// scheme is hidden with the password (`http://u:p@h` gives `http:***@h`).
+///
+/// A list of brokers ([`broker_urls`]) is redacted URL by URL and joined with commas.
 pub fn redact_url(url: &str) -> String {
+    let urls = broker_urls(url);
+    if urls.len() > 1 {
+        return urls.iter().map(|u| redact_one(u)).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     match password_span(url) {
         Some(span) => format!("{}***{}", &url[..span.start], &url[span.end..]),
         None => url.to_owned(),
@@ -238,12 +261,51 @@ pub fn redact_url(url: &str) -> String {
 /// (the form the broker receives), and as `{:?}` escapes either. This is how a lapin error
 /// that quotes the URL it was given is shown. Only passwords of at least 4 characters are
 /// looked for outside the URL (a shorter one would match inside ordinary words).
+///
+/// For a list of brokers ([`broker_urls`]), every URL's password is removed.
 pub fn redact_text(text: &str, url: &str) -> String {
     let mut out = if url.is_empty() { text.to_owned() } else { text.replace(url, &redact_url(url)) };
-    for form in password_forms(url) {
-        out = out.replace(&form, "***");
+    let urls = broker_urls(url);
+    for one in if urls.len() > 1 { urls } else { vec![url] } {
+        if !one.is_empty() {
+            out = out.replace(one, &redact_one(one));
+        }
+        for form in password_forms(one) {
+            out = out.replace(&form, "***");
+        }
     }
     out
+}
+
+/// The brokers named by `text` (`RABBITMQ_URL`, [`Rpc::connect`](crate::Rpc::connect)): one
+/// URL, or several separated by commas, in the order they are tried.
+///
+/// A comma separates two URLs only where the text after it (spaces aside) starts with
+/// `amqp://` or `amqps://` (any case); any other comma belongs to the URL it is in. So a
+/// password holding a raw comma stays whole, unless it holds `,amqp://`, which must be
+/// percent-encoded (`%2C`). Parts are trimmed; empty ones are dropped; text with no URL at
+/// all gives itself, for the parser to refuse.
+pub fn broker_urls(text: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        let rest = rest.trim_start().as_bytes();
+        [&b"amqp://"[..], &b"amqps://"[..]]
+            .iter()
+            .any(|scheme| rest.len() >= scheme.len() && rest[..scheme.len()].eq_ignore_ascii_case(scheme))
+    };
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (i, _) in text.match_indices(',') {
+        if starts_url(&text[i + 1..]) {
+            urls.push(text[start..i].trim());
+            start = i + 1;
+        }
+    }
+    urls.push(text[start..].trim());
+    urls.retain(|u| !u.is_empty());
+    if urls.is_empty() {
+        urls.push(text);
+    }
+    urls
 }
 
 /// Fewest characters a password must have to be scrubbed from text by value.
@@ -326,6 +388,27 @@ pub(crate) fn refused_size_limit(reason: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_brokers_splits_at_commas_that_start_a_url() {
+        assert_eq!(broker_urls("amqp://a:1@h1/%2f"), ["amqp://a:1@h1/%2f"]);
+        assert_eq!(
+            broker_urls("amqp://g:p@h1:5681/%2f, AMQPS://h2,amqp://h3/"),
+            ["amqp://g:p@h1:5681/%2f", "AMQPS://h2", "amqp://h3/"]
+        );
+        assert_eq!(broker_urls("amqp://g:p,q@h1,amqp://h2"), ["amqp://g:p,q@h1", "amqp://h2"]);
+        assert_eq!(broker_urls(",amqp://h1,,"), ["amqp://h1,,"]);
+        assert_eq!(broker_urls(" , "), [","]);
+        assert_eq!(broker_urls(""), [""]);
+    }
+
+    #[test]
+    fn every_password_of_a_list_is_redacted() {
+        let list = "amqp://guest:Secret1@h1/%2f,amqp://u:Se%2Ccret2@h2,amqp://h3";
+        assert_eq!(redact_url(list), "amqp://guest:***@h1/%2f,amqp://u:***@h2,amqp://h3");
+        let text = redact_text(&format!("failed: {list}; Secret1 Se,cret2 amqp://u:Se%2Ccret2@h2"), list);
+        assert!(!text.contains("Secret1") && !text.contains("cret2"), "{text}");
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {

@@ -101,8 +101,10 @@ impl Tracer {
 
 fn counters() -> (Registry, Arc<Progress>, Arc<Progress>) {
     let (a, s) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
-    let registry =
-        Registry::new().with(AsyncCounter { progress: Arc::clone(&a) }).with(SyncCounter { progress: Arc::clone(&s) });
+    let registry = Registry::new()
+        .with(AsyncCounter { progress: Arc::clone(&a) })
+        .and_then(|r| r.with(SyncCounter { progress: Arc::clone(&s) }))
+        .expect("distinct, unreserved service names");
     (registry, a, s)
 }
 
@@ -192,7 +194,7 @@ async fn serve(consumer: Consumer) -> (SocketAddr, tokio::task::JoinHandle<std::
 
 #[tokio::test]
 async fn every_call_goes_through_the_consumers_layers() {
-    let registry = Arc::new(Registry::new().with(Tracer));
+    let registry = Arc::new(Registry::new().with(Tracer).expect("distinct, unreserved service names"));
     let traced = Consumer::new(Arc::clone(&registry), ConsumerConfig::default()).layer(TraceLayer::new());
     let (addr, server) = serve(traced).await;
     let id = raw_text(addr, "tracer id\n").await;

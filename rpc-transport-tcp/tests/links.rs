@@ -95,7 +95,7 @@ fn producer_of(consumers: Vec<SocketAddr>) -> Producer {
 
 #[tokio::test]
 async fn the_calls_context_reaches_the_handler_over_a_link_and_auth_layers_see_it() {
-    let registry = Arc::new(Registry::new().with(Whoami));
+    let registry = Arc::new(Registry::new().with(Whoami).expect("distinct, unreserved service names"));
     let guarded =
         Consumer::new(registry, ConsumerConfig::default()).layer(AuthLayer::new("authorization", |t| t == "Bearer ok"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
