@@ -15,6 +15,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A point in the plane.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Point {
+    /// Across.
+    pub x: f64,
+    /// Up.
+    pub y: f64,
+}
+
 /// A calculator with the methods the tests need.
 pub struct Calc;
 
@@ -55,6 +64,11 @@ impl Calc {
     pub async fn nap(ms: u64) -> u64 {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
+    }
+
+    /// The point mirrored on the diagonal.
+    pub fn mirror(p: Point) -> Point {
+        Point { x: p.y, y: p.x }
     }
 
     /// What the call's context says: the `authorization` metadata, the milliseconds left of
