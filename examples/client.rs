@@ -21,6 +21,13 @@
 //! which it was: the queue exists but no server consumes it (no server is running), or a
 //! server took the request and did not answer in time.
 //!
+//! `cargo run --example client -- --http http://127.0.0.1:8080 calculator.calculate 2 + 2`
+//! calls through the HTTP/JSON front (`producer --http`): positional arguments become a JSON
+//! array, `name=value` pairs a JSON object (values read as JSON when they are, else strings).
+//!
+//! `--describe` (with `--tcp` or `--http`) lists what the server serves: every service and
+//! method, its parameters and their types, its return type and its docs.
+//!
 //! Exit codes: 0 with the result on stdout; 1 with `ERROR <kind>: <message>` on stderr when
 //! the call failed (the broker is unreachable, nobody serves the method, the handler failed,
 //! the deadline passed); 2 when the command line is wrong.
@@ -45,7 +52,7 @@ pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// (`--amqp calculator.calculate a=2 op=+ b=2`), and prints the result on stdout, or the error
 /// on stderr with exit code 1.
 #[derive(Debug, Parser)]
-#[command(name = "client", group(ArgGroup::new("transport").required(true).args(["tcp", "amqp"])))]
+#[command(name = "client", group(ArgGroup::new("transport").required(true).args(["tcp", "amqp", "http"])))]
 pub struct Cli {
     /// The server (producer or consumer) to call over TCP: host:port, a host name too.
     #[arg(long)]
@@ -53,14 +60,21 @@ pub struct Cli {
     /// Call over RabbitMQ (`$RABBITMQ_URL`) instead.
     #[arg(long)]
     pub amqp: bool,
+    /// Call the HTTP/JSON front at this URL instead (`http://127.0.0.1:8080`).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// List the services, methods, parameters and docs the server serves (`--tcp`, `--http`).
+    #[arg(long)]
+    pub describe: bool,
     /// Send the call as JSON rather than MessagePack (AMQP), e.g. to aio-pika's `JsonRPC`.
     #[arg(long, conflicts_with = "tcp")]
     pub json: bool,
     /// Seconds to wait for the answer (`0.5` too; at least 0.001).
     #[arg(long, default_value = "30", value_parser = cli::seconds)]
     pub timeout: Duration,
-    /// The call. TCP: `service method [args...]`. AMQP: `method [name=value...]`.
-    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    /// The call. TCP: `service method [args...]`. AMQP: `method [name=value...]`. HTTP:
+    /// `service.method [args...]` or `service.method [name=value...]`.
+    #[arg(required_unless_present = "describe", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub call: Vec<String>,
 }
 
@@ -170,7 +184,31 @@ pub async fn call_amqp(url: &str, method: &str, args: Args, json: bool, timeout:
 /// [`Failure::Usage`] for a call the command line cannot express, [`Failure::Call`] when the
 /// call fails.
 pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
-    let value = if cli.amqp {
+    if cli.describe {
+        return describe(cli).await;
+    }
+    let value = if let Some(front) = &cli.http {
+        let transport = rpc::http::HttpTransport::new(front).map_err(|e| Failure::Usage(format!("--http {e}")))?;
+        let (target, tokens) = cli.call.split_first().ok_or_else(|| Failure::Usage("no method given".into()))?;
+        let Some((service, method)) = target.split_once('.') else {
+            return Err(Failure::Usage(format!("over HTTP the call is `service.method [args...]`, not {target:?}")));
+        };
+        let named = tokens.iter().filter(|t| t.contains('=')).count();
+        let args = match named {
+            0 => Args::Text(tokens.to_vec()),
+            n if n == tokens.len() => parse_kwargs(tokens).map_err(Failure::Usage)?,
+            _ => {
+                return Err(Failure::Usage(
+                    "give every argument by position or every one as name=value, not both".into(),
+                ))
+            }
+        };
+        let request = Request::new(service, method, args).with_deadline(cli.timeout);
+        match transport.call(request).await.map_err(Failure::Call)? {
+            rpc::Reply::Value(value) => value,
+            other => Value::String(other.into_text()),
+        }
+    } else if cli.amqp {
         let (method, pairs) = cli.call.split_first().ok_or_else(|| Failure::Usage("no method given".into()))?;
         let args = amqp_args(method, pairs).map_err(Failure::Usage)?;
         call_amqp(url, method, args, cli.json, cli.timeout).await.map_err(Failure::Call)?
@@ -184,6 +222,60 @@ pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
         return TcpTransport::new(addr).call(request).await.map(|reply| reply.into_text()).map_err(Failure::Call);
     };
     Ok(text::render(&value))
+}
+
+/// `--describe`: asks the server what it serves (`_rpc describe`) and lists it.
+async fn describe(cli: &Cli) -> Result<String, Failure> {
+    let request = Request::new(rpc::core::service::RESERVED_PREFIX, rpc::core::service::DESCRIBE, Args::Text(vec![]))
+        .with_deadline(cli.timeout);
+    let reply = if let Some(front) = &cli.http {
+        let transport = rpc::http::HttpTransport::new(front).map_err(|e| Failure::Usage(format!("--http {e}")))?;
+        transport.call(request).await
+    } else if let Some(target) = &cli.tcp {
+        let addr = cli::server("--tcp", target).await.map_err(Failure::Usage)?;
+        TcpTransport::new(addr).call(request).await
+    } else {
+        return Err(Failure::Usage("--describe asks a server over --tcp or --http".into()));
+    };
+    let document = match reply.map_err(Failure::Call)? {
+        rpc::Reply::Value(value) => value,
+        other => serde_json::from_str(&other.into_text())
+            .map_err(|e| Failure::Call(RpcError::protocol(format!("the descriptions are not JSON: {e}"))))?,
+    };
+    Ok(listing(&document))
+}
+
+/// A describe document for people: each service, then each method's signature and docs.
+pub fn listing(document: &Value) -> String {
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().trim().to_owned();
+    let mut out = String::new();
+    let services = document.get("services").and_then(Value::as_array).cloned().unwrap_or_default();
+    for service in &services {
+        out.push_str(&text(service, "name"));
+        let doc = text(service, "doc");
+        if !doc.is_empty() {
+            out.push_str(&format!(": {}", doc.lines().next().unwrap_or_default()));
+        }
+        out.push('\n');
+        for method in service.get("methods").and_then(Value::as_array).into_iter().flatten() {
+            let params: Vec<String> = method
+                .get("params")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}: {}", text(p, "name"), text(p, "type")))
+                .collect();
+            let returns = method.get("returns").map(|r| text(r, "type")).unwrap_or_default();
+            out.push_str(&format!("  {}({}) -> {returns}\n", text(method, "name"), params.join(", ")));
+            for line in text(method, "doc").lines() {
+                out.push_str(&format!("      {line}\n"));
+            }
+        }
+    }
+    if services.is_empty() {
+        out.push_str("no services\n");
+    }
+    out.trim_end().to_owned()
 }
 
 /// Why an AMQP call to `method` timed out, from the broker's own count of the consumers on

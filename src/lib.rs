@@ -12,6 +12,7 @@
 
 pub use rpc_core as core;
 pub use rpc_core::{kwargs, Args, Registry, Reply, Request, RpcError, Service, Transport};
+pub use rpc_http as http;
 pub use rpc_macros::rpc_service;
 pub use rpc_transport_amqp as amqp;
 pub use rpc_transport_tcp as tcp;

@@ -13,7 +13,7 @@
 //!   (Prometheus text), `GET /` (a console for people).
 //!
 //! Layout: [`gateway`] (routes, limits, headers), `catalog` (descriptions, arguments from
-//! JSON), [`status`] (errors as HTTP), [`openapi`], [`metrics`], [`backends`], `serve` (the
+//! JSON), [`client`] ([`HttpTransport`], calling a front from Rust), [`status`] (errors as HTTP), [`openapi`], [`metrics`], [`backends`], `serve` (the
 //! listener loop and graceful shutdown), `console`. Like the other transports, nothing here
 //! binds a port or installs a signal handler: the caller passes a listener and a shutdown
 //! future.
@@ -46,6 +46,7 @@
 
 pub mod backends;
 mod catalog;
+pub mod client;
 mod console;
 pub mod gateway;
 pub mod metrics;
@@ -54,4 +55,5 @@ mod serve;
 pub mod status;
 
 pub use backends::{BackendStatus, Backends};
+pub use client::HttpTransport;
 pub use gateway::{Gateway, GatewayBuilder, Limits};
