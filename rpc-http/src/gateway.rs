@@ -474,3 +474,38 @@ fn is_length_limit(error: &axum::Error) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request as HttpRequest;
+    use rpc_core::{MemoryTransport, Registry};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn status(gateway: &Gateway, path: &str) -> u16 {
+        let request = HttpRequest::get(path).body(Body::empty()).unwrap();
+        gateway.router().oneshot(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn readyz_turns_503_once_draining_while_healthz_stays_200() {
+        let gateway = Gateway::new(MemoryTransport::new(Registry::new()));
+        assert_eq!(status(&gateway, "/readyz").await, 200);
+        gateway.start_draining();
+        assert_eq!(status(&gateway, "/readyz").await, 503);
+        assert_eq!(status(&gateway, "/healthz").await, 200);
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_backends() {
+        let up = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&up);
+        let gateway = Gateway::builder(MemoryTransport::new(Registry::new()))
+            .with_backends(move || vec![BackendStatus::new("broker", seen.load(Ordering::Relaxed))])
+            .build();
+        assert_eq!(status(&gateway, "/readyz").await, 503);
+        up.store(true, Ordering::Relaxed);
+        assert_eq!(status(&gateway, "/readyz").await, 200);
+    }
+}
