@@ -1,7 +1,8 @@
 //! HTTP scenarios, HTTP/1.1 keep-alive (each client holds one connection): (e) the HTTP/JSON
 //! front through the Producer to two Consumers, `POST /rpc/calculator/calculate` with
-//! `{"a":2,"op":"+","b":2}`; (f) the floor: a minimal axum server answering the same route
-//! with a constant.
+//! `{"a":2,"op":"+","b":2}`; (e′) the same front over the registry in process (what the front
+//! itself costs, without the Producer's hop); (f) the floor: a minimal axum server answering
+//! the same route with a constant.
 //!
 //! Both are driven by the same hyper client, so the differences are the servers'.
 
@@ -42,6 +43,21 @@ impl Servers {
             let limits = rpc_http::Limits::default().with_max_connections(4096);
             let gateway =
                 rpc_http::Gateway::builder(producer.clone()).with_backends(producer).with_limits(limits).build();
+            tokio::spawn(async move { gateway.serve(listener, shutdown).await });
+            addr
+        })
+    }
+
+    /// The HTTP front over the `Calculator` in process.
+    pub fn http_in_process(&self) -> SocketAddr {
+        let shutdown = self.shutdown();
+        self.runtime().block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let registry = rpc_core::Registry::new().with(crate::services::Calculator);
+            let limits = rpc_http::Limits::default().with_max_connections(4096);
+            let gateway =
+                rpc_http::Gateway::builder(rpc_core::MemoryTransport::new(registry)).with_limits(limits).build();
             tokio::spawn(async move { gateway.serve(listener, shutdown).await });
             addr
         })
@@ -111,13 +127,18 @@ fn measure(addr: SocketAddr, concurrency: usize, settings: &Settings) -> Run {
         }))
 }
 
-/// Both HTTP scenarios with 32 clients, `settings.reps` times, interleaved.
+/// Every HTTP scenario with 1 and 32 clients, `settings.reps` times, interleaved.
 pub fn run(settings: &Settings) -> Vec<Summary> {
     let servers = Servers::new();
     let consumers = vec![servers.consumer(), servers.consumer()];
     let front = servers.http_front(consumers);
     let floor = servers.http_floor();
-    let scenarios = [("(f) axum floor, constant", floor), ("(e) HTTP front → producer → 2 consumers", front)];
+    let in_process = servers.http_in_process();
+    let scenarios = [
+        ("(f) axum floor, constant", floor),
+        ("(e) HTTP front → producer → 2 consumers", front),
+        ("(e′) HTTP front → registry in process", in_process),
+    ];
     let mut out = Vec::new();
     for &concurrency in &[1usize, 32] {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];

@@ -6,7 +6,7 @@
 //! be named, and a text reply can be read back as the JSON value the method's return type
 //! says it is.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rpc_core::service::{DESCRIBE, RESERVED_PREFIX};
@@ -111,7 +111,11 @@ fn clip(name: &str) -> String {
 /// Where the descriptions come from, and the last ones read.
 pub(crate) struct Catalog {
     fixed: Option<Arc<Descriptions>>,
-    cached: Mutex<Option<(Instant, Arc<Descriptions>)>>,
+    /// The last descriptions read, and when: every call reads them, so a plain lock held for
+    /// a clone of the `Arc`.
+    cached: RwLock<Option<(Instant, Arc<Descriptions>)>>,
+    /// Held while reading them again, so concurrent calls ask the backend once.
+    refreshing: Mutex<()>,
     ttl: Duration,
 }
 
@@ -124,7 +128,12 @@ const MISS_REFRESH: Duration = Duration::from_secs(1);
 impl Catalog {
     /// Descriptions read from the backend and kept for `ttl`, or `fixed` ones for good.
     pub(crate) fn new(fixed: Option<Value>, ttl: Duration) -> Self {
-        Catalog { fixed: fixed.map(|d| Arc::new(Descriptions::parse(d))), cached: Mutex::new(None), ttl }
+        Catalog {
+            fixed: fixed.map(|d| Arc::new(Descriptions::parse(d))),
+            cached: RwLock::new(None),
+            refreshing: Mutex::new(()),
+            ttl,
+        }
     }
 
     /// The descriptions: the fixed ones, the cached ones while fresh, else the backend's.
@@ -143,11 +152,17 @@ impl Catalog {
             return Ok(Arc::clone(fixed));
         }
         let max_age = max_age.unwrap_or(self.ttl);
-        let mut cached = self.cached.lock().await;
-        if let Some((at, descriptions)) = cached.as_ref() {
-            if at.elapsed() < max_age {
-                return Ok(Arc::clone(descriptions));
-            }
+        let fresh = || {
+            let cached = self.cached.read().unwrap_or_else(PoisonError::into_inner);
+            cached.as_ref().filter(|(at, _)| at.elapsed() < max_age).map(|(_, d)| Arc::clone(d))
+        };
+        if let Some(descriptions) = fresh() {
+            return Ok(descriptions);
+        }
+        let _refreshing = self.refreshing.lock().await;
+        // Another call may have read them while this one waited.
+        if let Some(descriptions) = fresh() {
+            return Ok(descriptions);
         }
         let request = Request::new(RESERVED_PREFIX, DESCRIBE, Args::Text(Vec::new()))
             .with_context(Context::new().with_deadline(DESCRIBE_TIMEOUT).with_all_metadata(metadata.clone()));
@@ -159,7 +174,8 @@ impl Catalog {
                 .map_err(|e| RpcError::protocol(format!("the backend's descriptions are not JSON: {e}")))?,
         };
         let descriptions = Arc::new(Descriptions::parse(document));
-        *cached = Some((Instant::now(), Arc::clone(&descriptions)));
+        *self.cached.write().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), Arc::clone(&descriptions)));
         Ok(descriptions)
     }
 
