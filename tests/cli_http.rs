@@ -68,7 +68,7 @@ async fn the_producer_serves_http_over_rabbitmq_workers_and_stops_on_sigint() {
     let url = rabbitmq_url();
     let env = [("RABBITMQ_URL", url.as_str())];
     let mut worker = spawn("consumer", &["--amqp"], &env);
-    worker.stderr_line("consumer: serving", Duration::from_secs(30)).await;
+    worker.stderr_line("consumer: serving", Duration::from_secs(60)).await;
     let mut producer = spawn("producer", &["--amqp", "--http", "127.0.0.1:0"], &env);
     let http = producer.ready_addr("producer: serving HTTP on").await;
     let front = format!("http://{http}");

@@ -357,3 +357,30 @@ async fn descriptions_list_every_method_with_docs_and_schemas() {
     assert_eq!(get(front.addr, "/healthz").await.status, 200);
     assert_eq!(get(front.addr, "/readyz").await.status, 200);
 }
+
+#[tokio::test]
+async fn the_http_transport_calls_a_front_with_its_context_and_rebuilds_its_errors() {
+    use rpc_core::{Args, Context, Reply, Request, Transport};
+
+    let front = front().await;
+    let transport = rpc_http::HttpTransport::new(&format!("http://{}", front.addr)).unwrap();
+    let request = Request::new("calc", "calculate", Args::Text(vec!["2".into(), "+".into(), "2".into()]));
+    assert_eq!(transport.call(request).await.unwrap(), Reply::Value(json!(4.0)));
+
+    let context = Context::new().with_metadata("authorization", "Bearer t").unwrap().with_trace_id("t-1");
+    let request = Request::new("calc", "whoami", Args::Named(Default::default()))
+        .with_context(context)
+        .with_deadline(Duration::from_secs(3));
+    let Reply::Value(seen) = transport.call(request).await.unwrap() else { panic!("a value") };
+    assert_eq!((seen["authorization"].as_str(), seen["trace_id"].as_str()), (Some("Bearer t"), Some("t-1")));
+    assert!(seen["remaining_ms"].as_u64().unwrap() <= 3000);
+
+    let request = Request::new("calc", "calculate", Args::Text(vec!["2".into(), "^".into(), "2".into()]));
+    let error = transport.call(request).await.unwrap_err();
+    assert!(matches!(&error, RpcError::Handler { code: Some(code), .. } if code == "unknown_operator"), "{error:?}");
+
+    let describe = Request::new("_rpc", "describe", Args::Text(vec![]));
+    let Reply::Value(document) = transport.call(describe).await.unwrap() else { panic!("a value") };
+    assert_eq!(document["services"][0]["name"], "calc");
+    assert!(rpc_http::HttpTransport::new("https://x:1").is_err());
+}
