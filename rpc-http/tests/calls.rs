@@ -384,3 +384,28 @@ async fn the_http_transport_calls_a_front_with_its_context_and_rebuilds_its_erro
     assert_eq!(document["services"][0]["name"], "calc");
     assert!(rpc_http::HttpTransport::new("https://x:1").is_err());
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_and_the_front_serves_again_once_they_go() {
+    let front = Front::memory(Limits::default().with_max_connections(2)).await;
+    let held = [TcpStream::connect(front.addr).await.unwrap(), TcpStream::connect(front.addr).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(front.addr).await.unwrap();
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut third, &mut rest));
+    assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "closed without an answer: {rest:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(front.addr, "/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_deadline_header_bounds_a_call_through_the_producer_too() {
+    let (front, _producer) = producer_front().await;
+    let started = Instant::now();
+    let r = post(front.addr, "/rpc/calc/nap", r#"{"ms": 5000}"#, &[("x-rpc-deadline-ms", "300")]).await;
+    assert_error(&r, 504, "deadline_exceeded");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
