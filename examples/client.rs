@@ -20,12 +20,16 @@
 //! `--describe` (no call) lists what is served instead: services, methods with their
 //! parameters and types, return types and docs. Over RabbitMQ every server of the vhost answers
 //! (the answers are gathered for 2 s, or `--timeout` if shorter), so servers of different
-//! services are all listed; over TCP, the server or the Producer answers `_rpc describe`.
+//! services are all listed; over TCP and HTTP, the server, the Producer or the front answers `_rpc describe`.
 //! `$RABBITMQ_URL` may list several brokers, comma-separated (the nodes of a cluster).
 //!
 //! When an AMQP call times out, the client asks the broker about the method's queue and says
 //! which it was: the queue exists but no server consumes it (no server is running), or a
 //! server took the request and did not answer in time.
+//!
+//! `cargo run --example client -- --http http://127.0.0.1:8080 calculator.calculate 2 + 2`
+//! calls through the HTTP/JSON front (`producer --http`): positional arguments become a JSON
+//! array, `name=value` pairs a JSON object (values read as JSON when they are, else strings).
 //!
 //! Exit codes: 0 with the result on stdout; 1 with `ERROR <kind>: <message>` on stderr when
 //! the call failed (the broker is unreachable, nobody serves the method, the handler failed,
@@ -48,7 +52,7 @@ use serde_json::{Map, Value};
 /// (`--amqp calculator.calculate a=2 op=+ b=2`), and prints the result on stdout, or the error
 /// on stderr with exit code 1.
 #[derive(Debug, Parser)]
-#[command(name = "client", group(ArgGroup::new("transport").required(true).args(["tcp", "amqp"])))]
+#[command(name = "client", group(ArgGroup::new("transport").required(true).args(["tcp", "amqp", "http"])))]
 pub struct Cli {
     /// The server (producer or consumer) to call over TCP: host:port, a host name too.
     #[arg(long)]
@@ -56,17 +60,21 @@ pub struct Cli {
     /// Call over RabbitMQ (`$RABBITMQ_URL`) instead.
     #[arg(long)]
     pub amqp: bool,
+    /// Call the HTTP/JSON front at this URL instead (`http://127.0.0.1:8080`).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// List the services, methods, parameters and docs served (`--tcp`, `--http`, `--amqp`)
+    /// instead of making a call.
+    #[arg(long, conflicts_with = "call")]
+    pub describe: bool,
     /// Send the call as JSON rather than MessagePack (AMQP), e.g. to aio-pika's `JsonRPC`.
     #[arg(long, conflicts_with = "tcp")]
     pub json: bool,
     /// Seconds to wait for the answer (`0.5` too; at least 0.001).
     #[arg(long, default_value = "30", value_parser = cli::seconds)]
     pub timeout: Duration,
-    /// List the services and methods served (with parameters, types and docs) instead of
-    /// making a call.
-    #[arg(long, conflicts_with = "call")]
-    pub describe: bool,
-    /// The call. TCP: `service method [args...]`. AMQP: `method [name=value...]`.
+    /// The call. TCP: `service method [args...]`. AMQP: `method [name=value...]`. HTTP:
+    /// `service.method [args...]` or `service.method [name=value...]`.
     #[arg(required_unless_present = "describe", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub call: Vec<String>,
 }
@@ -252,18 +260,30 @@ fn first_line(doc: &str) -> &str {
 /// call fails.
 pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
     if cli.describe {
-        let described = if cli.amqp {
-            describe_amqp(url, DESCRIBE_WAIT.min(cli.timeout), cli.timeout).await.map_err(Failure::Call)?
-        } else {
-            let Some(target) = &cli.tcp else { return Err(Failure::Usage("give --tcp ADDR or --amqp".into())) };
-            let addr = cli::server("--tcp", target).await.map_err(Failure::Usage)?;
-            let request = Request::new("_rpc", "describe", Args::Text(Vec::new())).with_deadline(cli.timeout);
-            let reply = TcpTransport::new(addr).call(request).await.map_err(Failure::Call)?;
-            reply.decode::<Value>("_rpc.describe").map_err(Failure::Call)?
-        };
-        return Ok(render_description(&described));
+        return describe(cli, url).await;
     }
-    let value = if cli.amqp {
+    let value = if let Some(front) = &cli.http {
+        let transport = rpc::http::HttpTransport::new(front).map_err(|e| Failure::Usage(format!("--http {e}")))?;
+        let (target, tokens) = cli.call.split_first().ok_or_else(|| Failure::Usage("no method given".into()))?;
+        let Some((service, method)) = target.split_once('.') else {
+            return Err(Failure::Usage(format!("over HTTP the call is `service.method [args...]`, not {target:?}")));
+        };
+        let named = tokens.iter().filter(|t| t.contains('=')).count();
+        let args = match named {
+            0 => Args::Text(tokens.to_vec()),
+            n if n == tokens.len() => parse_kwargs(tokens).map_err(Failure::Usage)?,
+            _ => {
+                return Err(Failure::Usage(
+                    "give every argument by position or every one as name=value, not both".into(),
+                ))
+            }
+        };
+        let request = Request::new(service, method, args).with_deadline(cli.timeout);
+        match transport.call(request).await.map_err(Failure::Call)? {
+            rpc::Reply::Value(value) => value,
+            other => Value::String(other.into_text()),
+        }
+    } else if cli.amqp {
         let (method, pairs) = cli.call.split_first().ok_or_else(|| Failure::Usage("no method given".into()))?;
         let args = amqp_args(method, pairs).map_err(Failure::Usage)?;
         call_amqp(url, method, args, cli.json, cli.timeout).await.map_err(Failure::Call)?
@@ -277,6 +297,32 @@ pub async fn run(cli: &Cli, url: &str) -> Result<String, Failure> {
         return TcpTransport::new(addr).call(request).await.map(|reply| reply.into_text()).map_err(Failure::Call);
     };
     Ok(text::render(&value))
+}
+
+/// `--describe`: asks what is served (`_rpc describe`; over RabbitMQ every server of the
+/// vhost) and lists it.
+async fn describe(cli: &Cli, url: &str) -> Result<String, Failure> {
+    if cli.amqp {
+        let described = describe_amqp(url, DESCRIBE_WAIT.min(cli.timeout), cli.timeout).await.map_err(Failure::Call)?;
+        return Ok(render_description(&described));
+    }
+    let request = Request::new(rpc::core::service::RESERVED_PREFIX, rpc::core::service::DESCRIBE, Args::Text(vec![]))
+        .with_deadline(cli.timeout);
+    let reply = if let Some(front) = &cli.http {
+        let transport = rpc::http::HttpTransport::new(front).map_err(|e| Failure::Usage(format!("--http {e}")))?;
+        transport.call(request).await
+    } else if let Some(target) = &cli.tcp {
+        let addr = cli::server("--tcp", target).await.map_err(Failure::Usage)?;
+        TcpTransport::new(addr).call(request).await
+    } else {
+        return Err(Failure::Usage("--describe asks a server over --tcp, --http or --amqp".into()));
+    };
+    let document = match reply.map_err(Failure::Call)? {
+        rpc::Reply::Value(value) => value,
+        other => serde_json::from_str(&other.into_text())
+            .map_err(|e| Failure::Call(RpcError::protocol(format!("the descriptions are not JSON: {e}"))))?,
+    };
+    Ok(render_description(&document))
 }
 
 /// Why an AMQP call to `method` timed out, from the broker's own count of the consumers on

@@ -3,7 +3,8 @@
 #
 # 1. makes sure a RabbitMQ broker is reachable (starts or installs one; fails loudly if it
 #    cannot: the AMQP tests never skip);
-# 2. makes a Python venv with aio-pika, the reference peer for the interop tests;
+# 2. makes a Python venv with aio-pika, the reference peer for the interop tests, and
+#    openapi-spec-validator; installs headless Chromium for the console's browser test;
 # 3. runs every Rust test in the workspace (unit, wire, API, end to end, trybuild, doctests),
 #    all of them even when some fail (`--no-fail-fast`);
 # 4. runs the main example exactly as a newcomer does, and the benchmark in smoke mode;
@@ -19,6 +20,9 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-rabbitmq.sh
 RPC_TEST_PYTHON=$(bash scripts/python-env.sh | tail -n 1)
 export RPC_TEST_PYTHON
+# Headless Chromium for the HTTP console's browser test (tests/http_console.rs).
+RPC_TEST_BROWSER=$(bash scripts/browser.sh | tail -n 1)
+export RPC_TEST_BROWSER
 export RABBITMQ_URL=${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 # Names this run in its test vhosts (rpc-test.<host>.<run>.<pid>.<start>) and marks its
 # processes (their environment), for the checks at the end.

@@ -1,11 +1,12 @@
-//! Call Rust services on other machines, over TCP or RabbitMQ.
+//! Call Rust services on other machines, over TCP, HTTP or RabbitMQ.
 //!
 //! This facade re-exports the workspace's crates under one name:
 //! - [`core`] (`rpc-core`): services, arguments, errors, the `Transport` trait;
 //! - [`rpc_service`] (`rpc-macros`): the attribute that turns an `impl` block into a service
 //!   and a typed client;
 //! - [`tcp`] (`rpc-transport-tcp`): the text protocol over TCP, Consumers and the Producer;
-//! - [`amqp`] (`rpc-transport-amqp`): request/reply over RabbitMQ.
+//! - [`amqp`] (`rpc-transport-amqp`): request/reply over RabbitMQ;
+//! - [`http`] (`rpc-http`): the HTTP/JSON front over any transport.
 //!
 //! The rest of this page is the README. Its links to the repository's documents go, from this
 //! page (`target/doc/rpc/index.html`), three directories up to the workspace root: the
@@ -15,6 +16,7 @@
 //! [protocol-doc]: ../../../docs/PROTOCOL.md
 //! [amqp-doc]: ../../../docs/AMQP.md
 //! [testing-doc]: ../../../docs/TESTING.md
+//! [http-doc]: ../../../docs/HTTP.md
 //! [benchmarks]: ../../../BENCHMARKS.md
 //! [reliability]: ../../../RELIABILITY.md
 #![deny(missing_docs)]
@@ -23,6 +25,7 @@
 
 pub use rpc_core as core;
 pub use rpc_core::{kwargs, Args, Registry, Reply, Request, RpcError, Service, Transport};
+pub use rpc_http as http;
 pub use rpc_macros::rpc_service;
 pub use rpc_transport_amqp as amqp;
 pub use rpc_transport_tcp as tcp;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod amqp;
+mod http;
 mod load;
 mod peer;
 mod plot;
@@ -36,6 +37,8 @@ enum What {
     All,
     /// TCP: consumer, producer, raw floor; 1 and 32 clients.
     Tcp,
+    /// HTTP/JSON front through the producer vs a minimal axum floor; keep-alive, 1 and 32 clients.
+    Http,
     /// RabbitMQ: rpc.call vs a raw lapin floor, and aio-pika; 1 and 64 in flight.
     Amqp,
     /// Cost growth: payload sizes, and RSS of a server holding 10,000 calls.
@@ -133,6 +136,14 @@ fn main() {
             std::process::exit(1);
         }
         println!("\npictures: {}", out.display());
+    }
+    if all || cli.what == What::Http {
+        let rows = http::run(&settings);
+        stats::print_table(
+            "HTTP/JSON, keep-alive (`POST /rpc/calculator/calculate`)",
+            &rows,
+            "(f) axum floor, constant",
+        );
     }
     if all || cli.what == What::Amqp {
         let mut rows = amqp::run(&settings);

@@ -51,14 +51,18 @@ impl Servers {
         Servers { rt, stop: watch::channel(false).0 }
     }
 
-    fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    pub(crate) fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stop.subscribe();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     }
 
-    fn limits() -> Limits {
+    pub(crate) fn limits() -> Limits {
         // The benchmark's own clients are the only ones; lift the connection cap so 32
         // clients plus the producer's hop never meet it.
         Limits::default().with_max_connections(4096)

@@ -323,6 +323,7 @@ impl Respond for Inner {
             () = ctx.cancelled() => Err(RpcError::Cancelled { target: line.target() }),
         };
         let elapsed = started.elapsed();
+        record_task(&line, result.as_ref().map_or_else(RpcError::kind, |f| f.outcome), elapsed);
         let (service, method) = (&line.service, &line.method);
         match result {
             Ok(f) => {
@@ -336,6 +337,19 @@ impl Respond for Inner {
             }
         }
     }
+}
+
+/// Counts a task served over the text protocol, under the names every side of the framework
+/// uses (`rpc_core::layer::metrics`): `rpc_calls_total{side="producer", target, outcome}` and
+/// `rpc_call_duration_seconds{side="producer", target}`. Unknown targets are counted as
+/// `unknown`, so a client cannot grow the label set.
+fn record_task(line: &RequestLine, outcome: &'static str, elapsed: Duration) {
+    let target =
+        if matches!(outcome, "unknown_service" | "unknown_method") { "unknown".to_owned() } else { line.target() };
+    metrics::counter!("rpc_calls_total", "side" => "producer", "target" => target.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("rpc_call_duration_seconds", "side" => "producer", "target" => target)
+        .record(elapsed.as_secs_f64());
 }
 
 /// How a consumer can be used for a task right now.
