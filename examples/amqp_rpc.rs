@@ -90,7 +90,7 @@ pub async fn run(url: &str, t: f64) -> Result<Vec<String>, Box<dyn std::error::E
     out.push(format!("sleep(t={t}) -> {slept}"));
 
     // A call whose deadline runs out: the server took it, but the caller stops waiting.
-    let options = CallOptions::new().timeout(Duration::from_millis(500));
+    let options = CallOptions::new().with_deadline(Duration::from_millis(500));
     match rpc.call_with::<f64>("sleep", kwargs! { "t" => 5 }, options).await {
         Err(e @ RpcError::DeadlineExceeded { .. }) => out.push(format!("timeout: {e}")),
         other => return Err(format!("expected a timeout, got {other:?}").into()),

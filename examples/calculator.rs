@@ -514,14 +514,14 @@ pub async fn demo_amqp_with<S: Future<Output = &'static str>>(
         let mut counters = Vec::new();
         for i in 1..=workers {
             let name = format!("calculator example worker {i}");
-            let rpc = connect(Rpc::builder().connection_name(&name), url).await?;
+            let rpc = connect(Rpc::builder().with_connection_name(&name), url).await?;
             started.push(rpc.clone());
             let served = Arc::new(AtomicU64::new(0));
             rpc.serve(Counted { inner: Arc::new(services::Calculator), served: Arc::clone(&served) }).await?;
             rpc.serve(Counted { inner: Arc::new(neural_net.clone()), served: Arc::clone(&served) }).await?;
             counters.push((format!("worker {i} (connection '{name}')"), served));
         }
-        let client = connect(Rpc::builder().connection_name("calculator example client"), url).await?;
+        let client = connect(Rpc::builder().with_connection_name("calculator example client"), url).await?;
         started.push(client.clone());
 
         let refused = Arc::new(AtomicU64::new(0));

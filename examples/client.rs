@@ -157,7 +157,7 @@ pub fn amqp_args(method: &str, tokens: &[String]) -> Result<Args, String> {
 }
 
 /// Calls `method` with `args` on the broker at `url`, as JSON when `json`, waiting at most
-/// `timeout` for the connection and again for the reply.
+/// [`CONNECT_TIMEOUT`] for the connection, then `timeout` for the reply.
 ///
 /// # Errors
 /// The call's [`RpcError`]; an unreachable broker is [`RpcError::Transport`] (password
@@ -167,16 +167,21 @@ pub async fn call_amqp(url: &str, method: &str, args: Args, json: bool, timeout:
         let url = rpc::amqp::wire::redact_url(url);
         RpcError::Transport { message: format!("cannot connect to {url}: no answer in time"), source: None }
     };
-    let rpc = tokio::time::timeout(timeout, Rpc::connect(url)).await.map_err(|_| unreachable())??;
-    let mut options = CallOptions::new().timeout(timeout);
+    let rpc = tokio::time::timeout(CONNECT_TIMEOUT, Rpc::connect(url)).await.map_err(|_| unreachable())??;
+    let mut options = CallOptions::new().with_deadline(timeout);
     if json {
-        options = options.codec(Codec::Json);
+        options = options.with_codec(Codec::Json);
     }
     let result = rpc.call_with::<Value>(method, args, options).await;
     // The answer is in; a failing close cannot change it.
     let _ = rpc.close().await;
     result
 }
+
+/// How long connecting to the broker may take, apart from `--timeout` (the call's own
+/// deadline): a short deadline must not fail a call because a busy broker took a while to
+/// open the connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `--describe` gathers the answers of the servers of a vhost.
 pub const DESCRIBE_WAIT: Duration = Duration::from_secs(2);
@@ -190,7 +195,8 @@ pub async fn describe_amqp(url: &str, wait: Duration, timeout: Duration) -> Resu
         let url = rpc::amqp::wire::redact_url(url);
         RpcError::Transport { message: format!("cannot connect to {url}: no answer in time"), source: None }
     };
-    let rpc = tokio::time::timeout(timeout, Rpc::connect(url)).await.map_err(|_| unreachable())??;
+    let rpc =
+        tokio::time::timeout(CONNECT_TIMEOUT.max(timeout), Rpc::connect(url)).await.map_err(|_| unreachable())??;
     let described = rpc.describe(wait).await;
     let _ = rpc.close().await;
     described

@@ -61,7 +61,7 @@ pub struct Cli {
     pub read_timeout: Duration,
     /// Seconds a call may run (over AMQP: a call whose caller set no deadline of its own).
     #[arg(long, default_value = "30", value_parser = cli::seconds)]
-    pub request_timeout: Duration,
+    pub max_deadline: Duration,
 }
 
 impl Cli {
@@ -78,10 +78,10 @@ impl Cli {
 /// half-made `Rpc` is closed first).
 pub async fn serve_amqp(url: &str, cli: &Cli) -> Result<Rpc, Box<dyn std::error::Error + Send + Sync>> {
     let builder = Rpc::builder()
-        .prefetch(cli.prefetch)
-        .blocking_pool(cli.blocking_pool())
-        .timeout(cli.request_timeout)
-        .connection_name("consumer example");
+        .with_prefetch(cli.prefetch)
+        .with_blocking_pool(cli.blocking_pool())
+        .with_deadline(cli.max_deadline)
+        .with_connection_name("consumer example");
     let rpc = match tokio::time::timeout(CONNECT_TIMEOUT, builder.connect(url)).await {
         Ok(connected) => connected?,
         Err(_) => {
@@ -140,7 +140,7 @@ async fn run_tcp(cli: Cli, signals: cli::Signals) -> ExitCode {
         .with_max_connections(cli.max_connections)
         .with_max_line(cli.max_line)
         .with_read_timeout(cli.read_timeout);
-    let config = ConsumerConfig::default().with_limits(limits).with_request_timeout(cli.request_timeout);
+    let config = ConsumerConfig::default().with_limits(limits).with_max_deadline(cli.max_deadline);
     let registry = services::registry(cli.pool);
     let services: Vec<&str> = registry.services().map(|s| s.name).collect();
     eprintln!(

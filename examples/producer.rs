@@ -50,7 +50,7 @@ struct Cli {
     amqp: bool,
     /// Seconds each task may take, retries included (`0.5` too).
     #[arg(long, default_value = "30", value_parser = cli::seconds)]
-    task_timeout: Duration,
+    max_deadline: Duration,
     /// Seconds one attempt on one consumer may take before the next consumer is tried.
     #[arg(long, default_value = "10", value_parser = cli::seconds)]
     attempt_timeout: Duration,
@@ -132,7 +132,7 @@ async fn main() -> ExitCode {
     }
     let config = ProducerConfig::default()
         .with_limits(Limits::default().with_max_connections(cli.max_connections))
-        .with_task_timeout(cli.task_timeout)
+        .with_max_deadline(cli.max_deadline)
         .with_attempt_timeout(cli.attempt_timeout)
         .with_probe_interval(cli.probe_interval);
     let shown: Vec<String> = consumers.iter().map(ToString::to_string).collect();

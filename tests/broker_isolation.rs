@@ -73,7 +73,7 @@ async fn a_foreign_server_on_the_shared_vhosts_calculator_queue_takes_none_of_th
     // on that queue, e.g. a running `consumer --amqp`, may take some of them in turn).
     let outsider = Rpc::connect(&shared).await.expect("a client on the shared vhost connects");
     for _ in 0..20 {
-        let options = CallOptions::new().timeout(Duration::from_secs(2));
+        let options = CallOptions::new().with_deadline(Duration::from_secs(2));
         let _ = outsider.call_with::<f64>(QUEUE, kwargs! { "a" => 1, "op" => "+", "b" => 1 }, options).await;
         if taken.load(Ordering::SeqCst) > 0 {
             break;

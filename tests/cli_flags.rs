@@ -41,12 +41,12 @@ async fn counts_of_zero_are_refused_at_start_naming_the_flag() {
 #[tokio::test]
 async fn durations_of_zero_or_below_a_millisecond_are_refused_with_a_correct_message() {
     let producer = |flag: &'static str, value: &'static str| vec![flag, value, "--consumer", "127.0.0.1:9001"];
-    for args in [producer("--task-timeout", "0"), producer("--attempt-timeout", "0"), producer("--probe-interval", "0")]
+    for args in [producer("--max-deadline", "0"), producer("--attempt-timeout", "0"), producer("--probe-interval", "0")]
     {
         assert_refused("producer", &args, "must be more than 0 seconds (got 0)").await;
     }
     assert_refused("consumer", &["--read-timeout", "0"], "must be more than 0 seconds (got 0)").await;
-    assert_refused("consumer", &["--request-timeout=-1"], "must be more than 0 seconds (got -1)").await;
+    assert_refused("consumer", &["--max-deadline=-1"], "must be more than 0 seconds (got -1)").await;
     let client = |value: &'static str| vec!["--amqp", "--timeout", value, "calculator.calculate"];
     assert_refused(
         "client",

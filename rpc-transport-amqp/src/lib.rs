@@ -18,10 +18,10 @@
 //!   acking (the serving loops);
 //! - `link.rs`: one connection's channels, reply queue and consumers (rebuilt on reconnect);
 //!   the loops above report its death through it, to the session;
-//! - [`codec`]: message bodies (MessagePack/JSON) and the error envelope; pure;
-//! - [`wire`]: names, message properties, queue arguments; pure;
-//! - [`config`](mod@config): [`RpcConfig`] and [`CallOptions`];
-//! - [`error`](mod@error): [`Error`], for set-up operations (calls return [`RpcError`]).
+//! - `codec.rs`: message bodies (MessagePack/JSON) and the error envelope; pure;
+//! - `wire.rs`: names, message properties, queue arguments; pure;
+//! - `config.rs`: the `Rpc`'s settings (set through [`RpcBuilder`]) and [`CallOptions`];
+//! - `error.rs`: [`Error`], for set-up operations (calls return [`RpcError`]).
 //!
 //! ```no_run
 //! use lapin::{Connection, ConnectionProperties};
@@ -54,20 +54,33 @@
 #![warn(unreachable_pub)]
 
 mod client;
+// `codec`, `config` and `wire` stay reachable for this crate's tests and benchmarks, hidden
+// from the documented API; users reach the types they need from the root.
+#[doc(hidden)]
 pub mod codec;
+#[doc(hidden)]
 pub mod config;
 mod describe;
+#[doc(hidden)]
 pub mod error;
 mod link;
 mod rpc;
 mod server;
 mod session;
+#[doc(hidden)]
 pub mod wire;
 
 pub use codec::Codec;
-pub use config::{CallOptions, RpcConfig};
+pub use config::CallOptions;
+#[doc(hidden)]
+pub use config::RpcConfig;
 pub use error::{Error, ScrubbedError};
 pub use rpc::{Rpc, RpcBuilder};
 
+/// The AMQP client this crate is built on, for the types a caller hands over
+/// ([`Rpc::create`] takes a `lapin::Channel`; [`RpcBuilder::with_connection_properties`]
+/// takes `lapin::ConnectionProperties`), so lapin's major version is visible in the path.
+pub use lapin;
+#[doc(hidden)]
 pub use lapin::{Channel, Connection, ConnectionProperties};
 pub use rpc_core::{kwargs, RpcError};

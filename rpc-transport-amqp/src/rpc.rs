@@ -55,9 +55,9 @@ impl std::fmt::Debug for Rpc {
 /// use std::time::Duration;
 /// use rpc_transport_amqp::{Codec, Rpc};
 /// let rpc = Rpc::builder()
-///     .timeout(Duration::from_secs(5))
-///     .prefetch(8)
-///     .codec(Codec::Json)
+///     .with_deadline(Duration::from_secs(5))
+///     .with_prefetch(8)
+///     .with_codec(Codec::Json)
 ///     .connect("amqp://guest:guest@127.0.0.1:5672/%2f")
 ///     .await?;
 /// # let _ = rpc; Ok(()) }
@@ -81,84 +81,120 @@ impl std::fmt::Debug for Layers {
 
 impl RpcBuilder {
     /// Replaces every setting at once.
+    #[doc(hidden)]
+    #[must_use]
     pub fn config(mut self, config: RpcConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Default deadline of calls (30 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
+    /// The deadline of a call that sets none: how long it waits for its reply unless the call says otherwise
+    /// ([`rpc_core::DEFAULT_DEADLINE`], 30 s). Also the longest a server runs a request that
+    /// carries no deadline of its own (a foreign client that sets no `expiration`).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = deadline;
         self
     }
 
-    /// Unacknowledged requests taken per method queue (32).
-    pub fn prefetch(mut self, prefetch: u16) -> Self {
+    /// How many unacknowledged requests a server takes from each method queue at once
+    /// (`basic.qos` prefetch, per consumer): the bound on concurrent requests per method.
+    /// Default 32.
+    #[must_use]
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
         self.config.prefetch = prefetch;
         self
     }
 
-    /// Default codec of calls (MessagePack).
-    pub fn codec(mut self, codec: Codec) -> Self {
+    /// The codec calls are sent in unless the call says otherwise (MessagePack).
+    #[must_use]
+    pub fn with_codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
         self
     }
 
-    /// Largest request body accepted or sent (8 MiB).
-    pub fn max_body_size(mut self, bytes: usize) -> Self {
+    /// The largest body a server accepts and a client sends, requests and replies alike
+    /// (8 MiB). A larger request gets a `bad_request` error reply; a larger call fails before
+    /// it is published; a larger reply, result or error, is replaced by a short
+    /// `reply_too_large` error. Once the broker has refused a message for its size, its
+    /// `max_message_size` bounds all three too. Keep it at or below the broker's limit.
+    #[must_use]
+    pub fn with_max_body_size(mut self, bytes: usize) -> Self {
         self.config.max_body_size = bytes;
         self
     }
 
-    /// Pool for synchronous handlers.
-    pub fn blocking_pool(mut self, pool: BlockingPool) -> Self {
+    /// Where synchronous handlers run (one slot per CPU by default).
+    #[must_use]
+    pub fn with_blocking_pool(mut self, pool: BlockingPool) -> Self {
         self.config.blocking_pool = pool;
         self
     }
 
-    /// The longest a server runs one request, whatever the caller's deadline
-    /// ([`RpcConfig::max_run`], 5 min).
-    pub fn max_run(mut self, limit: Duration) -> Self {
-        self.config.max_run = limit;
+    /// The longest a server runs one request, whatever deadline the caller sent (5 min): a
+    /// caller cannot pin a prefetch slot for longer. The request then gets
+    /// `deadline_exceeded`.
+    #[must_use]
+    pub fn with_max_deadline(mut self, max_deadline: Duration) -> Self {
+        self.config.max_deadline = max_deadline;
         self
     }
 
-    /// How long [`Rpc::close`] waits for in-flight requests (30 s).
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+    /// How long [`Rpc::close`](crate::Rpc::close) waits for in-flight requests to be
+    /// answered before closing anyway.
+    /// Default 30 s.
+    #[must_use]
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self
     }
 
-    /// Delays between reconnection attempts: `first`, doubling up to `max`.
-    pub fn reconnect_delay(mut self, first: Duration, max: Duration) -> Self {
+    /// Delays between reconnection attempts: `first` (100 ms), doubling up to `max` (5 s).
+    #[must_use]
+    pub fn with_reconnect_delay(mut self, first: Duration, max: Duration) -> Self {
         self.config.reconnect_delay = first;
         self.config.reconnect_max_delay = max;
         self
     }
 
-    /// Whether calls use publisher confirms ([`RpcConfig::publisher_confirms`], on by default).
-    pub fn publisher_confirms(mut self, on: bool) -> Self {
+    /// Whether calls are published with publisher confirms (default `true`).
+    ///
+    /// On: a call counts as sent once the broker confirms it, and a request nobody can
+    /// receive (no queue bound: `mandatory` publish returned) fails at once with
+    /// `RpcError::Unavailable`, delivered with the confirm. Off: the broker does a confirm's
+    /// less work per call (about 30% more calls/s at 64 in flight, BENCHMARKS.md); returned
+    /// requests are then collected every 10 ms and still
+    /// fail their call with `Unavailable`, but a request the broker loses without returning
+    /// it (a nack) is only noticed at the call's deadline.
+    #[must_use]
+    pub fn with_publisher_confirms(mut self, on: bool) -> Self {
         self.config.publisher_confirms = on;
         self
     }
 
-    /// Longest time opening a connection may take, for [`RpcBuilder::connect`] and every
-    /// reconnection (30 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    /// How long opening a connection (TCP, TLS and the AMQP handshake) may take before the
+    /// attempt counts as failed (30 s), for `connect` and every reconnection attempt: a peer
+    /// that accepts the TCP connection and then says nothing must not stall it forever.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
-    /// Serves methods from quorum queues ([`RpcConfig::quorum_queues`]): durable, replicated
-    /// over the cluster, surviving the death of a node; not compatible with servers that
-    /// declare the classic queue (aio-pika's `JsonRPC`, an `Rpc` without this option).
-    pub fn quorum_queues(mut self, on: bool) -> Self {
+    /// Whether the method queues this `Rpc` serves are quorum queues (durable, replicated on
+    /// the cluster's nodes: requests waiting in them survive the death of a node) instead of
+    /// aio-pika's classic ones (off by default). Every server of a method must agree: the
+    /// broker refuses a declaration of the other kind (`docs/AMQP.md`, "Quorum method queues").
+    #[must_use]
+    pub fn with_quorum_queues(mut self, on: bool) -> Self {
         self.config.quorum_queues = on;
         self
     }
 
-    /// Connection name shown by the broker, for [`RpcBuilder::connect`].
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+    /// The connection name shown by the broker (`rabbitmqctl list_connections
+    /// client_properties`), for connections the `Rpc` opens itself.
+    #[must_use]
+    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
         self.config.connection_name = Some(name.into());
         self
     }
@@ -166,7 +202,8 @@ impl RpcBuilder {
     /// lapin connection properties for [`RpcBuilder::connect`] (TLS is chosen by the URL's
     /// `amqps://` scheme). Do not enable lapin's own auto-recovery: the `Rpc` reconnects by
     /// itself.
-    pub fn connection_properties(mut self, properties: ConnectionProperties) -> Self {
+    #[must_use]
+    pub fn with_connection_properties(mut self, properties: ConnectionProperties) -> Self {
         self.properties = properties;
         self
     }
@@ -178,13 +215,13 @@ impl RpcBuilder {
     /// The request a layer sees names the method queue (`service.method`, or `method` for a
     /// plain registered name), carries the decoded named arguments and the context rebuilt
     /// from the message's headers (the caller's deadline, trace id and metadata); below the
-    /// layers, the handler runs under the run policy with the deadline capped by `max_run`.
+    /// layers, the handler runs under the run policy with the deadline capped by `with_max_deadline`.
     /// Requests refused before decoding (bad content type, body too large, bad context
     /// headers, a passed deadline, poison) are answered without reaching the stack.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), rpc_transport_amqp::Error> {
-    /// use rpc_core::layer::auth::AuthLayer;
+    /// use rpc_core::layer::AuthLayer;
     /// use rpc_transport_amqp::Rpc;
     /// let rpc = Rpc::builder()
     ///     .layer(AuthLayer::new("authorization", |token: &str| token == "Bearer s3cret"))
@@ -226,7 +263,7 @@ impl RpcBuilder {
     /// An `Rpc` that opens and owns its connection to the first of `urls` that answers, and
     /// on a loss fails over to the others: after losing a broker, it tries the next ones in
     /// the list's order, the lost one last, then waits the backoff delay
-    /// ([`RpcBuilder::reconnect_delay`]) before another round. Use it with the nodes of one
+    /// ([`RpcBuilder::with_reconnect_delay`]) before another round. Use it with the nodes of one
     /// RabbitMQ cluster (`docs/AMQP.md`, "Clusters"); give each process the list in its own
     /// order to spread the connections over the nodes.
     ///
@@ -390,7 +427,7 @@ impl Rpc {
         // Inside a handler, the call carries the handler's trace id and metadata, and never
         // outlives its deadline.
         let context = Context::for_outgoing_call();
-        let timeout = options.timeout.unwrap_or(self.session.config.timeout);
+        let timeout = options.deadline.unwrap_or(self.session.config.deadline);
         let timeout = context.remaining().map_or(timeout, |left| left.min(timeout));
         let reply = self.send(Call { method, args, context, timeout, codec: self.codec(options) }).await?;
         reply.decode(method)
@@ -456,7 +493,7 @@ impl Rpc {
     }
 
     /// Shuts down gracefully: stops consuming, waits (up to
-    /// [`RpcConfig::shutdown_grace`]) until every request taken is answered, fails pending
+    /// [`RpcBuilder::with_shutdown_grace`]) until every request taken is answered, fails pending
     /// calls with [`RpcError::Closed`], deletes the reply queue, and closes the connection
     /// if the `Rpc` opened it. Closing twice is a no-op.
     ///
@@ -483,8 +520,8 @@ impl Transport for Rpc {
     /// context travels in headers (deadline, trace id, metadata: `docs/AMQP.md`).
     async fn call(&self, request: Request) -> Result<Reply, RpcError> {
         let key = if request.service.is_empty() { request.method.clone() } else { request.target() };
-        let options = CallOptions { timeout: request.context.remaining(), codec: None }.or(self.defaults);
-        let timeout = options.timeout.unwrap_or(self.session.config.timeout);
+        let options = CallOptions { deadline: request.context.remaining(), codec: None }.or(self.defaults);
+        let timeout = options.deadline.unwrap_or(self.session.config.deadline);
         let call =
             Call { method: &key, args: request.args, context: request.context, timeout, codec: self.codec(options) };
         self.send(call).await

@@ -203,7 +203,7 @@ impl tower::Service<Request> for Dispatch {
                 return Err(RpcError::Unavailable { target: name, reason: "this server does not serve it".into() });
             };
             let Request { args, context, .. } = request;
-            let ctx = run::effective_context(context, Some(config.max_run));
+            let ctx = run::effective_context(context, Some(config.max_deadline));
             let pool = &config.blocking_pool;
             run::run(handler.target(), &ctx, async { handler.call(args, &ctx, pool)?.await }).await
         }
@@ -612,7 +612,7 @@ fn request_context(config: &RpcConfig, target: &str, props: &BasicProperties) ->
         }
         Some(deadline) => Duration::from_millis(deadline - now),
         // A foreign caller: its TTL, or our default, bounds the run.
-        None => wire::expiration(props).unwrap_or(config.timeout),
+        None => wire::expiration(props).unwrap_or(config.deadline),
     };
     let ctx = wire::request_context(props).map_err(|reason| RpcError::bad_request(format!("{target}: {reason}")))?;
     Ok(ctx.with_deadline(caller))

@@ -48,7 +48,7 @@ pub fn method_queue_arguments() -> FieldTable {
     args
 }
 
-/// The arguments of a quorum method queue ([`RpcConfig::quorum_queues`](crate::RpcConfig::quorum_queues)):
+/// The arguments of a quorum method queue ([`RpcBuilder::with_quorum_queues`](crate::RpcBuilder::with_quorum_queues)):
 /// aio-pika's ([`method_queue_arguments`]) plus `x-queue-type: quorum`; the queue is declared
 /// durable. A method's queue is either kind, never both: the broker refuses a declaration
 /// whose arguments differ from the existing queue's (`docs/AMQP.md`, "Quorum method queues").

@@ -63,7 +63,8 @@ impl Relay {
 }
 
 async fn echo_server(url: &str, method: &str) -> Rpc {
-    let rpc = Rpc::builder().reconnect_delay(Duration::from_millis(50), Duration::from_millis(500)).connect(url).await;
+    let rpc =
+        Rpc::builder().with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(500)).connect(url).await;
     let rpc = rpc.expect("server connects");
     rpc.register_async(method, |a: serde_json::Value| async move { Ok::<_, std::convert::Infallible>(a) })
         .await
@@ -135,8 +136,8 @@ async fn on_a_loss_server_and_client_fail_over_to_the_next_broker() {
     let method = common::unique("brokers-failover");
     let server = echo_server(&list, &method).await;
     let client = Rpc::builder()
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
-        .timeout(Duration::from_secs(5))
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .with_deadline(Duration::from_secs(5))
         .connect(&list)
         .await
         .expect("client connects");

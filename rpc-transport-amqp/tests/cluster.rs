@@ -129,8 +129,8 @@ struct Work {
 
 async fn server(list: &str, method: &str, quorum: bool, runs: &Runs) -> Rpc {
     let rpc = Rpc::builder()
-        .quorum_queues(quorum)
-        .reconnect_delay(Duration::from_millis(100), Duration::from_secs(1))
+        .with_quorum_queues(quorum)
+        .with_reconnect_delay(Duration::from_millis(100), Duration::from_secs(1))
         .connect(list)
         .await
         .expect("server connects");
@@ -153,8 +153,8 @@ async fn serve(rpc: &Rpc, method: &str, runs: &Runs) {
 
 async fn client(list: &str) -> Rpc {
     Rpc::builder()
-        .timeout(DEADLINE)
-        .reconnect_delay(Duration::from_millis(100), Duration::from_secs(1))
+        .with_deadline(DEADLINE)
+        .with_reconnect_delay(Duration::from_millis(100), Duration::from_secs(1))
         .connect(list)
         .await
         .expect("client connects")
@@ -244,8 +244,11 @@ fn load(
             while !stop.load(Ordering::Relaxed) {
                 let id = next.fetch_add(1, Ordering::Relaxed);
                 let began = Instant::now();
-                let call =
-                    client.call_with::<u64>(&method, kwargs! { "id" => id }, CallOptions::new().timeout(DEADLINE));
+                let call = client.call_with::<u64>(
+                    &method,
+                    kwargs! { "id" => id },
+                    CallOptions::new().with_deadline(DEADLINE),
+                );
                 let outcome = tokio::time::timeout(DEADLINE + HANG_SLACK, call).await;
                 let took = began.elapsed();
                 {
@@ -416,7 +419,7 @@ async fn quorum_queue(cluster: &Cluster) -> String {
     for id in 0..IN_FLIGHT as u64 {
         let client = client.clone();
         waiting.spawn(async move {
-            let options = CallOptions::new().timeout(Duration::from_secs(60));
+            let options = CallOptions::new().with_deadline(Duration::from_secs(60));
             (id, client.call_with::<u64>(method, kwargs! { "id" => id }, options).await)
         });
     }

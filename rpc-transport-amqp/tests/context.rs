@@ -124,7 +124,8 @@ async fn a_handler_reads_the_token_trace_id_and_deadline_its_typed_caller_sent_o
     server.serve(Whoami { rpc: server.clone() }).await.unwrap();
     let (_c2, client_rpc) = rpc().await;
     for codec in [Codec::MsgPack, Codec::Json] {
-        let client = WhoamiClient::new(client_rpc.with_options(rpc_transport_amqp::CallOptions::new().codec(codec)));
+        let client =
+            WhoamiClient::new(client_rpc.with_options(rpc_transport_amqp::CallOptions::new().with_codec(codec)));
         let plain = client.whoami().await.unwrap();
         assert_eq!((plain.token, plain.tenant, plain.trace), (None, None, None), "{codec:?}: nothing was sent");
         let client = client
@@ -150,7 +151,7 @@ async fn a_handler_reads_the_token_trace_id_and_deadline_its_typed_caller_sent_o
 #[tokio::test]
 async fn the_server_caps_the_callers_deadline_at_its_max_run() {
     let (_c1, channel) = common::channel().await;
-    let server = Rpc::builder().max_run(Duration::from_secs(1)).create(channel).await.unwrap();
+    let server = Rpc::builder().with_max_deadline(Duration::from_secs(1)).create(channel).await.unwrap();
     let name = unique("ctx-cap");
     // A plain handler reads the call's context as the current one.
     server
@@ -160,7 +161,7 @@ async fn the_server_caps_the_callers_deadline_at_its_max_run() {
         .await
         .unwrap();
     let (_c2, client) = rpc().await;
-    let options = rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(60));
+    let options = rpc_transport_amqp::CallOptions::new().with_deadline(Duration::from_secs(60));
     let left: Option<u64> = client.call_with(&name, kwargs! {}, options).await.unwrap();
     let left = left.expect("a deadline");
     assert!(left <= 1_000, "expected the server's 1 s cap to win over the caller's 60 s; saw {left} ms left");

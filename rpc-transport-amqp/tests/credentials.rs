@@ -78,7 +78,7 @@ proptest! {
             let redacted = wire::redact_url(&url);
             let quoted = wire::redact_text(&format!("Invalid URL: '{url}' ({url:?})"), &url);
             let connect = runtime.block_on(
-                Rpc::builder().connect_timeout(Duration::from_secs(5)).connect(&url),
+                Rpc::builder().with_connect_timeout(Duration::from_secs(5)).connect(&url),
             );
             let errors = shown(connect);
             for (what, text) in [("redact_url", &redacted), ("redact_text", &quoted), ("connect error", &errors)] {

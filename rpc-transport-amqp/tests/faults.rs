@@ -37,7 +37,7 @@ fn call_props(reply_to: &str, id: &str) -> BasicProperties {
 #[tokio::test]
 async fn bad_requests_get_error_replies_the_server_keeps_serving_and_nothing_stays_unacked() {
     let (_c1, channel) = common::channel().await;
-    let server = Rpc::builder().max_body_size(64 * 1024).create(channel).await.unwrap();
+    let server = Rpc::builder().with_max_body_size(64 * 1024).create(channel).await.unwrap();
     let name = unique("picky");
     server.register_async(&name, |a: T| async move { Ok::<_, HandlerError>(a.t * 2.0) }).await.unwrap();
 
@@ -288,7 +288,7 @@ async fn losing_the_connection_fails_pending_calls_at_once_with_a_transport_erro
             timed(client.call_with::<u8>(
                 &name,
                 kwargs! {},
-                rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(30)),
+                rpc_transport_amqp::CallOptions::new().with_deadline(Duration::from_secs(30)),
             ))
             .await
         })
@@ -316,9 +316,9 @@ async fn losing_the_connection_fails_pending_calls_at_once_with_a_transport_erro
 async fn rpc_that_owns_its_connection_reconnects_after_the_broker_closes_it() {
     let connection_name = unique("rpc-test-reconnect");
     let rpc = Rpc::builder()
-        .connection_name(&connection_name)
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
-        .shutdown_grace(Duration::from_secs(1))
+        .with_connection_name(&connection_name)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .with_shutdown_grace(Duration::from_secs(1))
         .connect(&common::url())
         .await
         .unwrap();
@@ -388,7 +388,7 @@ async fn connect_errors_never_show_the_password() {
 async fn answered_within(client: &Rpc, method: &str, limit: Duration) -> Result<(f64, Duration), RpcError> {
     let started = std::time::Instant::now();
     loop {
-        let options = rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(2));
+        let options = rpc_transport_amqp::CallOptions::new().with_deadline(Duration::from_secs(2));
         match client.call_with::<f64>(method, kwargs! { "t" => 7 }, options).await {
             Ok(value) => return Ok((value, started.elapsed())),
             Err(e) if started.elapsed() >= limit => return Err(e),
@@ -405,7 +405,7 @@ async fn a_method_queue_deleted_under_a_running_server_is_declared_again_and_ser
     // caller's channel (declares on the serving channel).
     let (_c3, on_channel) = rpc().await;
     let owning = Rpc::builder()
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
         .connect(&common::url())
         .await
         .unwrap();
@@ -437,9 +437,9 @@ async fn a_method_queue_deleted_under_a_running_server_is_declared_again_and_ser
 async fn a_request_in_flight_at_two_losses_of_the_servers_link_is_answered_poison_and_not_run_a_third_time() {
     let connection_name = unique("rpc-test-poison");
     let server = Rpc::builder()
-        .connection_name(&connection_name)
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
-        .shutdown_grace(Duration::from_millis(200))
+        .with_connection_name(&connection_name)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .with_shutdown_grace(Duration::from_millis(200))
         .connect(&common::url())
         .await
         .unwrap();
@@ -463,7 +463,7 @@ async fn a_request_in_flight_at_two_losses_of_the_servers_link_is_answered_poiso
     let (_c, client) = rpc().await;
     let call = {
         let (client, name) = (client.clone(), name.clone());
-        let options = rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(60));
+        let options = rpc_transport_amqp::CallOptions::new().with_deadline(Duration::from_secs(60));
         tokio::spawn(async move { client.call_with::<u8>(&name, kwargs! {}, options).await })
     };
     for loss in 1..=2 {
@@ -525,9 +525,9 @@ async fn reconnected(rpc: &Rpc, old: &str, limit: Duration) -> bool {
 async fn methods_registered_again_while_reconnections_reinstall_them_end_with_exactly_one_consumer_each() {
     let connection_name = unique("rpc-test-register-race");
     let server = Rpc::builder()
-        .connection_name(&connection_name)
-        .reconnect_delay(Duration::from_millis(5), Duration::from_millis(20))
-        .shutdown_grace(Duration::from_secs(1))
+        .with_connection_name(&connection_name)
+        .with_reconnect_delay(Duration::from_millis(5), Duration::from_millis(20))
+        .with_shutdown_grace(Duration::from_secs(1))
         .connect(&common::url())
         .await
         .unwrap();

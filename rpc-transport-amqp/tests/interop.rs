@@ -80,7 +80,7 @@ async fn rust_json_call_reaches_an_aio_pika_jsonrpc_handler_and_gets_its_result_
     assert_eq!(ready.unwrap().as_deref(), Some("ready"));
 
     let (_conn, rpc) = rpc().await;
-    let json = CallOptions::new().codec(Codec::Json);
+    let json = CallOptions::new().with_codec(Codec::Json);
     let sum: f64 = rpc.call_with(&format!("{prefix}.add"), kwargs! { "x" => 2, "y" => 3.5 }, json).await.unwrap();
     assert_eq!(sum, 5.5);
     let joined: String =

@@ -16,7 +16,8 @@ struct Nap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stops_a_request_at_its_max_run_even_when_the_caller_would_wait_longer() {
     let url = common::url();
-    let server = Rpc::builder().max_run(Duration::from_millis(300)).connect(&url).await.expect("server connects");
+    let server =
+        Rpc::builder().with_max_deadline(Duration::from_millis(300)).connect(&url).await.expect("server connects");
     let client = Rpc::connect(&url).await.expect("client connects");
     let method = common::unique("limits.nap");
     server
@@ -26,7 +27,7 @@ async fn a_server_stops_a_request_at_its_max_run_even_when_the_caller_would_wait
         })
         .await
         .expect("register");
-    let options = CallOptions::new().timeout(Duration::from_secs(60));
+    let options = CallOptions::new().with_deadline(Duration::from_secs(60));
     let started = Instant::now();
     let err = client.call_with::<u64>(&method, kwargs! {"ms" => 30_000}, options).await.unwrap_err();
     let took = started.elapsed();
@@ -52,7 +53,7 @@ async fn a_result_over_the_limit_becomes_a_short_reply_too_large_error_and_a_hug
 ) {
     let url = common::url();
     let limit = 64 * 1024;
-    let server = Rpc::builder().max_body_size(limit).connect(&url).await.expect("server connects");
+    let server = Rpc::builder().with_max_body_size(limit).connect(&url).await.expect("server connects");
     let client = Rpc::connect(&url).await.expect("client connects");
     let method = common::unique("limits.big");
     server

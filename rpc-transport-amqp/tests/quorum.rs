@@ -1,4 +1,4 @@
-//! Quorum method queues (`RpcBuilder::quorum_queues`): declared durable with
+//! Quorum method queues (`RpcBuilder::with_quorum_queues`): declared durable with
 //! `x-queue-type: quorum`, served and called like classic ones, refused when the other kind is
 //! declared first; and the broker's `x-delivery-limit` sends an over-delivered request back to
 //! its caller. The survival of waiting requests when a node dies is in `tests/cluster.rs`.
@@ -37,7 +37,7 @@ async fn echo(rpc: &Rpc, method: &str) -> Result<(), Error> {
 #[tokio::test]
 async fn a_quorum_method_queue_is_durable_and_serves_calls() {
     let method = common::unique("quorum-serve");
-    let server = Rpc::builder().quorum_queues(true).connect(&common::url()).await.expect("connect");
+    let server = Rpc::builder().with_quorum_queues(true).connect(&common::url()).await.expect("connect");
     echo(&server, &method).await.expect("register on a quorum queue");
     assert_eq!(queue_kind(&method), Some(("quorum".into(), "true".into())));
     // A client needs no option: it publishes to the queue whatever its kind.
@@ -60,9 +60,9 @@ async fn a_quorum_method_queue_is_durable_and_serves_calls() {
 async fn classic_and_quorum_servers_of_one_method_refuse_each_other() {
     for quorum_first in [false, true] {
         let method = common::unique("quorum-clash");
-        let first = Rpc::builder().quorum_queues(quorum_first).connect(&common::url()).await.expect("connect");
+        let first = Rpc::builder().with_quorum_queues(quorum_first).connect(&common::url()).await.expect("connect");
         echo(&first, &method).await.expect("the first declaration wins");
-        let second = Rpc::builder().quorum_queues(!quorum_first).connect(&common::url()).await.expect("connect");
+        let second = Rpc::builder().with_quorum_queues(!quorum_first).connect(&common::url()).await.expect("connect");
         let err = echo(&second, &method).await.expect_err("the other kind is refused");
         let text = err.to_string();
         assert!(matches!(err, Error::Broker { .. }), "{err:?}");
@@ -97,10 +97,10 @@ async fn past_the_delivery_limit_the_caller_gets_the_request_back() {
 
     // A server whose handler takes its own link down: every delivery ends unacked.
     let server = Rpc::builder()
-        .quorum_queues(true)
-        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
-        .connection_name(method.clone())
-        .shutdown_grace(Duration::from_millis(100))
+        .with_quorum_queues(true)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .with_connection_name(method.clone())
+        .with_shutdown_grace(Duration::from_millis(100))
         .connect(&common::url())
         .await
         .expect("connect");
@@ -125,7 +125,7 @@ async fn past_the_delivery_limit_the_caller_gets_the_request_back() {
     let outcome = client.call_with::<serde_json::Value>(
         &method,
         kwargs! {},
-        rpc_transport_amqp::CallOptions::new().timeout(Duration::from_secs(40)),
+        rpc_transport_amqp::CallOptions::new().with_deadline(Duration::from_secs(40)),
     );
     let err = outcome.await.expect_err("never answered");
     println!("after {} ms: {err}", started.elapsed().as_millis());

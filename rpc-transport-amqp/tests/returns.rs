@@ -28,7 +28,8 @@ async fn without_publisher_confirms_unroutable_calls_still_fail_at_once_with_una
 async fn mixed_burst(publisher_confirms: bool) {
     let url = common::url();
     let server = Rpc::connect(&url).await.expect("server connects");
-    let client = Rpc::builder().publisher_confirms(publisher_confirms).connect(&url).await.expect("client connects");
+    let client =
+        Rpc::builder().with_publisher_confirms(publisher_confirms).connect(&url).await.expect("client connects");
     let served = common::unique("returns.served");
     let missing = common::unique("returns.missing");
     server
@@ -42,7 +43,7 @@ async fn mixed_burst(publisher_confirms: bool) {
             let client = client.clone();
             let (served, missing) = (served.clone(), missing.clone());
             async move {
-                let options = CallOptions::new().timeout(Duration::from_secs(20));
+                let options = CallOptions::new().with_deadline(Duration::from_secs(20));
                 if i % 10 == 0 {
                     let started = std::time::Instant::now();
                     let r = client.call_with::<i64>(&missing, kwargs! {"x" => i}, options).await;

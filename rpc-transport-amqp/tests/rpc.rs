@@ -59,7 +59,7 @@ async fn call_returns_the_remote_result_decoded_into_the_callers_type() {
     .await
     .unwrap();
     for codec in [Codec::MsgPack, Codec::Json] {
-        let got: Shape = rpc.call_with(&shape, kwargs! {}, CallOptions::new().codec(codec)).await.unwrap();
+        let got: Shape = rpc.call_with(&shape, kwargs! {}, CallOptions::new().with_codec(codec)).await.unwrap();
         assert_eq!(got, Shape { name: "tri".into(), sides: vec![3, 4, 5] });
     }
     rpc.close().await.unwrap();
@@ -89,7 +89,7 @@ async fn call_times_out_when_the_queue_exists_but_nobody_consumes_it() {
     rpc.unregister(&name).await.unwrap(); // the queue stays, without a consumer
     let limit = Duration::from_millis(300);
     let (result, took) =
-        timed(rpc.call_with::<f64>(&name, kwargs! { "t" => 1 }, CallOptions::new().timeout(limit))).await;
+        timed(rpc.call_with::<f64>(&name, kwargs! { "t" => 1 }, CallOptions::new().with_deadline(limit))).await;
     assert!(
         matches!(result, Err(RpcError::DeadlineExceeded { timeout_ms: 300, .. })),
         "expected Err(RpcError::DeadlineExceeded {{ timeout_ms: 300, .. }}), got {result:?}"
@@ -117,7 +117,7 @@ async fn call_times_out_when_a_server_took_the_request_and_hangs() {
         .await
         .unwrap();
     let limit = Duration::from_millis(500);
-    let call = client.call_with::<u32>(&name, kwargs! {}, CallOptions::new().timeout(limit));
+    let call = client.call_with::<u32>(&name, kwargs! {}, CallOptions::new().with_deadline(limit));
     let ((result, took), ()) = tokio::join!(timed(call), started.notified());
     assert!(
         matches!(result, Err(RpcError::DeadlineExceeded { .. })),
@@ -136,8 +136,11 @@ async fn request_carries_expiration_deadline_and_the_aio_pika_properties() {
     register_echo(&rpc, &name).await;
     rpc.unregister(&name).await.unwrap();
     let before = rpc_transport_amqp::wire::now_ms();
-    let call =
-        rpc.call_with::<f64>(&name, kwargs! { "t" => 2.5 }, CallOptions::new().timeout(Duration::from_millis(1500)));
+    let call = rpc.call_with::<f64>(
+        &name,
+        kwargs! { "t" => 2.5 },
+        CallOptions::new().with_deadline(Duration::from_millis(1500)),
+    );
     let inspect = async {
         let (_c, channel) = common::channel().await;
         loop {
@@ -186,7 +189,7 @@ async fn handler_error_reaches_the_caller_with_its_code_and_message_and_the_serv
     .await
     .unwrap();
     for codec in [Codec::MsgPack, Codec::Json] {
-        let opts = CallOptions::new().codec(codec);
+        let opts = CallOptions::new().with_codec(codec);
         let err = rpc.call_with::<f64>(&name, kwargs! { "a" => 1, "b" => 0 }, opts).await.unwrap_err();
         match &err {
             RpcError::Handler { target, code, message, .. } => {
@@ -239,7 +242,7 @@ async fn handler_panic_reaches_the_caller_as_panic_and_the_server_keeps_serving(
 async fn call_to_a_method_nobody_serves_fails_at_once_with_unavailable() {
     let (_conn, rpc) = rpc().await;
     let name = unique("nobody");
-    let opts = CallOptions::new().timeout(Duration::from_secs(20));
+    let opts = CallOptions::new().with_deadline(Duration::from_secs(20));
     let (result, took) = timed(rpc.call_with::<u8>(&name, kwargs! {}, opts)).await;
     match result {
         Err(RpcError::Unavailable { target, reason }) => {
@@ -255,7 +258,7 @@ async fn call_to_a_method_nobody_serves_fails_at_once_with_unavailable() {
 #[tokio::test]
 async fn a_server_runs_at_most_prefetch_requests_of_a_method_at_once() {
     let (_c1, channel) = common::channel().await;
-    let server = Rpc::builder().prefetch(2).create(channel).await.unwrap();
+    let server = Rpc::builder().with_prefetch(2).create(channel).await.unwrap();
     let (_c2, client) = rpc().await;
     let name = unique("bounded");
     let running = Arc::new(AtomicUsize::new(0));
@@ -443,7 +446,7 @@ async fn graceful_close_answers_requests_in_flight_before_closing() {
     assert_eq!(queue_state(&name).await, (0, 0), "nothing left unacked, no consumer left");
     // Stopped consuming: a new call is not served (the queue stays, so it times out).
     let err = client
-        .call_with::<u64>(&name, kwargs! { "n" => 1 }, CallOptions::new().timeout(Duration::from_millis(200)))
+        .call_with::<u64>(&name, kwargs! { "n" => 1 }, CallOptions::new().with_deadline(Duration::from_millis(200)))
         .await;
     assert!(
         matches!(err, Err(RpcError::DeadlineExceeded { .. })),
@@ -471,7 +474,7 @@ async fn registering_a_name_twice_is_refused_and_unregister_needs_a_registered_n
 #[tokio::test]
 async fn oversized_call_fails_before_publishing() {
     let (_c, channel) = common::channel().await;
-    let rpc = Rpc::builder().max_body_size(1024).create(channel).await.unwrap();
+    let rpc = Rpc::builder().with_max_body_size(1024).create(channel).await.unwrap();
     let name = unique("big");
     let err = rpc.call::<u8>(&name, kwargs! { "blob" => "x".repeat(2000) }).await.unwrap_err();
     assert!(

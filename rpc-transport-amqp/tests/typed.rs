@@ -52,7 +52,7 @@ async fn typed_calculator_client_runs_over_amqp() {
     );
 
     for codec in [Codec::MsgPack, Codec::Json] {
-        let client = CalculatorClient::new(client_rpc.with_options(CallOptions::new().codec(codec)));
+        let client = CalculatorClient::new(client_rpc.with_options(CallOptions::new().with_codec(codec)));
         assert_eq!(client.calculate(2.0, "+".into(), 2.0).await.unwrap(), 4.0);
         assert_eq!(client.sum(vec![1.0, 2.0, 3.0]).await.unwrap(), 6.5);
         let err = client.calculate(1.0, "/".into(), 0.0).await.unwrap_err();

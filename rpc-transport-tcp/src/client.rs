@@ -52,7 +52,7 @@ impl TcpTransport {
 impl Transport for TcpTransport {
     async fn call(&self, request: Request) -> Result<Reply, RpcError> {
         let target = request.target();
-        let deadline = request.remaining_or(self.config.timeout);
+        let deadline = request.remaining_or(self.config.deadline);
         let line = RequestLine::from_request(request)?;
         let bytes = line.encode();
         let exchange = exchange(self.addr, &bytes, self.config.connect_timeout, self.config.max_reply);

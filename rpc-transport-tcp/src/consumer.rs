@@ -94,7 +94,7 @@ impl Consumer {
     ///
     /// Then it stops accepting (the listener is dropped), tells clients that have not finished
     /// sending their request `ERROR unavailable: ...`, lets requests already read run to
-    /// their reply (for at most [`Limits::shutdown_grace`](crate::Limits::shutdown_grace)),
+    /// their reply (for at most [`Limits::with_shutdown_grace`](crate::Limits::with_shutdown_grace)),
     /// and returns.
     ///
     /// # Errors
@@ -121,7 +121,7 @@ impl Respond for Inner {
         }
         let started = Instant::now();
         let (service, method) = (line.service.clone(), line.method.clone());
-        let request = line.into_request().with_context(ctx.with_deadline(self.config.request_timeout));
+        let request = line.into_request().with_context(ctx.with_deadline(self.config.max_deadline));
         let result = layer::call(&self.stack, request).await;
         let elapsed = started.elapsed();
         match result {

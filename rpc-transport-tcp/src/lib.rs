@@ -1,4 +1,4 @@
-//! The seed's text-over-TCP protocol: Consumers that serve services, the Producer that spreads
+//! The design document's text-over-TCP protocol: Consumers that serve services, the Producer that spreads
 //! tasks over them, and a client [`Transport`](rpc_core::Transport).
 //!
 //! A request is one line, `service method arg1 arg2 ...\n`; the reply is the result as text,
@@ -6,17 +6,17 @@
 //! 127.0.0.1 9001` prints `4`. The whole protocol (grammar, limits, error form, escaping) is in
 //! `docs/PROTOCOL.md`.
 //!
-//! Layout, one module per concern:
-//! - [`frame`]: bytes → [`RequestLine`] or an [`Error`]; replies encoded and decoded. Pure.
-//! - [`connection`]: [`Connection`], an accepted socket and its bounded read buffer.
-//! - [`consumer`]: [`Consumer`], the server for a [`rpc_core::Registry`].
-//! - [`producer`]: [`Producer`], the gateway: load spreading, failover, health probes and
+//! Layout, one module (file) per concern:
+//! - `frame.rs`: bytes → a request line or an [`Error`]; replies encoded and decoded. Pure.
+//! - `connection.rs`: an accepted socket and its bounded read buffer.
+//! - `consumer.rs`: [`Consumer`], the server for a [`rpc_core::Registry`].
+//! - `producer.rs`: [`Producer`], the gateway: load spreading, failover, health probes and
 //!   ejection of failing consumers, deadlines; also a `Transport`.
-//! - [`system`]: the reserved `_rpc` namespace (`_rpc health`), answered by every server
+//! - `system.rs`: the reserved `_rpc` namespace (`_rpc health`), answered by every server
 //!   itself; the Producer's health probe.
-//! - [`client`]: [`TcpTransport`], the client `Transport`.
-//! - [`config`]: [`Limits`], [`ConsumerConfig`], [`ProducerConfig`], [`ClientConfig`].
-//! - [`error`](mod@error): [`Error`], what can go wrong reading a request.
+//! - `client.rs`: [`TcpTransport`], the client `Transport`.
+//! - `config.rs`: [`Limits`], [`ConsumerConfig`], [`ProducerConfig`], [`ClientConfig`].
+//! - `error.rs`: [`Error`], what can go wrong reading a request.
 //! - `link` (private): the Producer's persistent, pipelined links to its Consumers, negotiated
 //!   with `_rpc link 1`; the frame codec (pure), the Producer's side and the Consumer's side.
 //! - `server` (private): the accept loop both servers share: connection cap and eviction of
@@ -69,21 +69,30 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+// The modules are the crate's layout; users reach its types from the root. `frame`,
+// `connection` and `system` stay reachable for this crate's tests, benchmarks and fuzzing,
+// hidden from the documented API.
+#[doc(hidden)]
 pub mod client;
+#[doc(hidden)]
 pub mod config;
+#[doc(hidden)]
 pub mod connection;
+#[doc(hidden)]
 pub mod consumer;
+#[doc(hidden)]
 pub mod error;
+#[doc(hidden)]
 pub mod frame;
 mod link;
+#[doc(hidden)]
 pub mod producer;
 mod server;
+#[doc(hidden)]
 pub mod system;
 
 pub use client::TcpTransport;
 pub use config::{ClientConfig, ConsumerConfig, Limits, ProducerConfig};
-pub use connection::Connection;
 pub use consumer::Consumer;
 pub use error::Error;
-pub use frame::{Decoded, LineDecoder, RequestLine};
 pub use producer::{ConsumerState, ConsumerStats, Producer};

@@ -3,30 +3,30 @@
 //!
 //! - **Health probes**: a peer is given tasks only once it has answered `_rpc health` (see
 //!   [`system`]) as a Consumer of this protocol. [`Producer::serve`] probes
-//!   every consumer at start and then every [`ProducerConfig::probe_interval`]; used only as a
+//!   every consumer at start and then every [`ProducerConfig::with_probe_interval`]; used only as a
 //!   [`Transport`], the producer probes a consumer before its first task. A peer that does not
 //!   answer, answers something that is not this protocol (an HTTP server), or answers as a
 //!   Producer (another one, or this very one) is never relayed a task; the last two are logged
 //!   at ERROR.
 //! - **Links**: tasks travel on one persistent connection per consumer, many at once, each
-//!   with its deadline, metadata and trace id ([`ProducerConfig::links`]); a consumer that
+//!   with its deadline, metadata and trace id ([`ProducerConfig::with_links`]); a consumer that
 //!   takes no links gets one connection per task. A client that leaves cancels its task.
 //! - **Spreading**: each attempt goes to the consumer with the fewest tasks outstanding from
 //!   this producer; ties go round-robin.
 //! - **Failover**: a consumer that refuses the connection, breaks it, answers something that is
 //!   not a reply of this protocol, says it is `overloaded` or `unavailable`, or does not answer
-//!   within [`ProducerConfig::attempt_timeout`] is skipped and the task is tried on the next
+//!   within [`ProducerConfig::with_attempt_timeout`] is skipped and the task is tried on the next
 //!   one.
 //! - **Ejection**: such a consumer is marked down: no task goes to it until its backoff is over
 //!   and it has answered a health probe again. The backoff doubles with each consecutive
-//!   failure ([`ProducerConfig::backoff`], 2 s, then 4 s, 8 s, ... up to
-//!   [`ProducerConfig::max_backoff`]) and starts over once it answers a task. So a consumer
+//!   failure ([`ProducerConfig::with_backoff`], 2 s, then 4 s, 8 s, ... up to
+//!   [`ProducerConfig::with_max_backoff`]) and starts over once it answers a task. So a consumer
 //!   that accepts tasks and never answers them, even one that still answers its probes, gets a
 //!   task less and less often. Every change of state (up, down, back up, not a consumer) is
 //!   logged when it happens: down at WARN, up at INFO.
 //! - **Failure**: a task fails when no consumer could take it, with `ERROR unavailable: ...`
 //!   naming each consumer and what went wrong, or when its deadline
-//!   ([`ProducerConfig::task_timeout`]) runs out, with `ERROR deadline_exceeded: ...`.
+//!   ([`ProducerConfig::with_max_deadline`]) runs out, with `ERROR deadline_exceeded: ...`.
 //! - **At least once**: a consumer that dies (or stalls past the attempt timeout) after it
 //!   started a task may have done the work; the retry runs it again elsewhere. Tasks that must
 //!   not run twice need an idempotency key of their own.
@@ -277,7 +277,7 @@ impl Producer {
     /// [`Consumer::serve`](crate::Consumer::serve).
     ///
     /// Meanwhile it probes every consumer at once, then every
-    /// [`ProducerConfig::probe_interval`].
+    /// [`ProducerConfig::with_probe_interval`].
     ///
     /// # Errors
     /// Only when the listener's address cannot be read.
@@ -297,7 +297,7 @@ impl Transport for Producer {
         let timeout = request
             .context
             .remaining()
-            .map_or(self.inner.config.task_timeout, |t| t.min(self.inner.config.task_timeout));
+            .map_or(self.inner.config.max_deadline, |t| t.min(self.inner.config.max_deadline));
         let ctx = request.context.clone();
         let line = RequestLine::from_request(request)?;
         let target = line.target();
@@ -319,7 +319,7 @@ impl Respond for Inner {
         // A client that leaves cancels its task: the attempt in flight is dropped, and the
         // consumer sees its connection close.
         let result = tokio::select! {
-            result = self.forward(&line, self.config.task_timeout, None) => result,
+            result = self.forward(&line, self.config.max_deadline, None) => result,
             () = ctx.cancelled() => Err(RpcError::Cancelled { target: line.target() }),
         };
         let elapsed = started.elapsed();

@@ -130,7 +130,7 @@ impl<R: Respond> Shared<R> {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains (see [`Limits::shutdown_grace`]).
+/// Serves `listener` until `shutdown` resolves, then drains (see [`Limits::with_shutdown_grace`]).
 pub(crate) async fn serve<R: Respond>(
     role: &'static str,
     listener: TcpListener,

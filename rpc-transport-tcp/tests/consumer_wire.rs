@@ -198,7 +198,7 @@ async fn reading_an_endless_line_buffers_at_most_the_limit() {
         while stream.write_all(&chunk).await.is_ok() {}
     });
     let (stream, _) = listener.accept().await.unwrap();
-    let mut conn = rpc_transport_tcp::Connection::new(stream);
+    let mut conn = rpc_transport_tcp::connection::Connection::new(stream);
     let error = within(10, conn.read_request(4096, Duration::from_secs(10))).await.unwrap_err();
     assert!(matches!(error, rpc_transport_tcp::Error::TooLong { limit: 4096 }), "{error}");
     assert!(conn.buffered() <= 4097, "buffered {} bytes", conn.buffered());
@@ -291,7 +291,7 @@ async fn two_thousand_idle_connections_do_not_keep_working_clients_out() {
 #[tokio::test]
 async fn a_handler_past_its_deadline_gets_deadline_exceeded() {
     let (registry, _) = registry();
-    let config = ConsumerConfig::default().with_request_timeout(Duration::from_millis(200));
+    let config = ConsumerConfig::default().with_max_deadline(Duration::from_millis(200));
     let server = consumer(registry, config).await;
     let reply = raw_text(server.addr, "lab slow 5000\n").await;
     assert!(reply.starts_with("ERROR deadline_exceeded: lab.slow: deadline of 200 ms exceeded"), "{reply:?}");
@@ -345,7 +345,7 @@ async fn an_interrupted_read_keeps_the_bytes_it_already_received() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
     let (stream, _) = listener.accept().await.unwrap();
-    let mut conn = rpc_transport_tcp::Connection::new(stream);
+    let mut conn = rpc_transport_tcp::connection::Connection::new(stream);
     client.write_all(b"calculator calc").await.unwrap();
     // Give up on the read as soon as the first half has been taken in.
     while conn.buffered() < 15 {

@@ -188,7 +188,7 @@ async fn an_overloaded_consumer_is_skipped() {
 async fn every_task_has_a_deadline() {
     let (r1, _) = registry();
     let c1 = consumer(r1, ConsumerConfig::default()).await;
-    let p = Producer::new(vec![c1.addr], ProducerConfig::default().with_task_timeout(Duration::from_millis(300)));
+    let p = Producer::new(vec![c1.addr], ProducerConfig::default().with_max_deadline(Duration::from_millis(300)));
     let gateway = producer(p).await;
     let reply = within(10, raw_text(gateway.addr, "lab slow 5000\n")).await;
     assert!(reply.starts_with("ERROR deadline_exceeded: lab.slow: deadline of 300 ms exceeded"), "{reply:?}");

@@ -3,10 +3,10 @@
 //! each reply as soon as it is ready, in whatever order they finish.
 //!
 //! Bounds: a request frame is at most [`max_request_frame`] bytes, and once its first byte has
-//! arrived the rest must follow within [`Limits::read_timeout`]; at most
-//! [`Limits::max_connections`] tasks run at once on one link (more are answered
+//! arrived the rest must follow within [`Limits::with_read_timeout`]; at most
+//! [`Limits::with_max_connections`] tasks run at once on one link (more are answered
 //! `ERROR overloaded`, which the Producer fails over); writes are bounded by
-//! [`Limits::write_timeout`]. Any frame that breaks the rules ends the link.
+//! [`Limits::with_write_timeout`]. Any frame that breaks the rules ends the link.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
