@@ -239,7 +239,7 @@ impl Layout {
 /// Which of [`run`]'s scenarios run (all by default).
 #[derive(Default, PartialEq, Eq)]
 pub struct Pick {
-    /// Only the scenarios whose name holds this.
+    /// Only the scenarios whose name (without the layout's suffix) ends with this.
     pub only: Option<String>,
     /// Only this concurrency.
     pub in_flight: Option<usize>,
@@ -267,7 +267,9 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
         format!("rpc.call multiply{suffix}"),
         format!("rpc.call multiply, publisher confirms off{suffix}"),
     ];
-    let wanted = |name: &str| pick.only.as_deref().map_or(true, |only| name.contains(only));
+    let wanted = |name: &str| {
+        pick.only.as_deref().map_or(true, |only| name.strip_suffix(suffix).unwrap_or(name).ends_with(only))
+    };
     let mut out = Vec::new();
     for concurrency in [1usize, 64].into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
         let (mut ours, mut unconfirmed, mut raw) = (Vec::new(), Vec::new(), Vec::new());

@@ -45,8 +45,8 @@ enum What {
         /// Only this layout (both by default).
         #[arg(long, value_enum)]
         layout: Option<amqp::Layout>,
-        /// Only the scenarios whose name holds this (`floor`, `multiply`, `confirms off`), for
-        /// profiling one of them.
+        /// Only the scenarios whose name ends with this (`floor`, `multiply`, `confirms off`),
+        /// for profiling one of them.
         #[arg(long)]
         only: Option<String>,
         /// Only this many in flight (1 and 64 by default).
