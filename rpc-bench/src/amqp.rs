@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use rpc_core::kwargs;
+use rpc_core::{kwargs, Context};
 use rpc_transport_amqp::Rpc;
 use serde::Deserialize;
 use tokio::runtime::Runtime;
@@ -160,17 +160,33 @@ impl Floor {
         Floor { channel, queue, reply_queue, pending, _connections: Arc::new((server_conn, client_conn)) }
     }
 
-    async fn call(&self, body: &[u8]) -> Option<Vec<u8>> {
+    /// One call; `framed`: with the framework's request properties (type, content type,
+    /// `From` and deadline headers, TTL, timestamp) and `mandatory`, still without confirms.
+    async fn call(&self, body: &[u8], framed: bool) -> Option<Vec<u8>> {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending map").insert(id.clone(), tx);
-        let props = BasicProperties::default()
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(self.reply_queue.as_str().into());
-        self.channel
-            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
-            .await
-            .ok()?;
+        let reply_to: ShortString = self.reply_queue.as_str().into();
+        let (props, options) = if framed {
+            let timeout = Duration::from_secs(30);
+            let deadline = rpc_transport_amqp::wire::now_ms() + 30_000;
+            let codec = rpc_transport_amqp::Codec::MsgPack;
+            let props = rpc_transport_amqp::wire::request_properties(
+                codec,
+                &id,
+                &reply_to,
+                timeout,
+                deadline,
+                &Context::default(),
+            );
+            (props, BasicPublishOptions { mandatory: true, ..Default::default() })
+        } else {
+            (
+                BasicProperties::default().with_correlation_id(id.as_str().into()).with_reply_to(reply_to),
+                BasicPublishOptions::default(),
+            )
+        };
+        self.channel.basic_publish("".into(), self.queue.as_str().into(), options, body, props).await.ok()?;
         rx.await.ok()
     }
 }
@@ -197,7 +213,17 @@ async fn floor_server(conn: &Connection, queue: &str) {
                 else {
                     return;
                 };
-                let props = BasicProperties::default().with_correlation_id(id);
+                // A request in the framework's shape gets a reply in its shape (the
+                // (d′) scenario: what the properties alone cost the broker).
+                let props = match delivery.properties.kind() {
+                    Some(_) => rpc_transport_amqp::wire::reply_properties(
+                        rpc_transport_amqp::Codec::MsgPack,
+                        Some(&id),
+                        rpc_transport_amqp::wire::TYPE_RESULT,
+                        rpc_transport_amqp::wire::TRANSIENT,
+                    ),
+                    None => BasicProperties::default().with_correlation_id(id),
+                };
                 let _ = server
                     .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &delivery.data, props)
                     .await;
@@ -266,13 +292,14 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
         format!("(d) raw lapin floor{suffix}"),
         format!("rpc.call multiply{suffix}"),
         format!("rpc.call multiply, publisher confirms off{suffix}"),
+        format!("(d′) floor with the framework's properties{suffix}"),
     ];
     let wanted = |name: &str| {
         pick.only.as_deref().map_or(true, |only| name.strip_suffix(suffix).unwrap_or(name).ends_with(only))
     };
     let mut out = Vec::new();
     for concurrency in [1usize, 64].into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
-        let (mut ours, mut unconfirmed, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours, mut unconfirmed, mut raw, mut framed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.reps {
             for (confirms, runs) in [(true, &mut ours), (false, &mut unconfirmed)] {
                 if !wanted(&names[if confirms { 1 } else { 2 }]) {
@@ -288,16 +315,18 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
                     }
                 }));
             }
-            if !wanted(&names[0]) {
-                continue;
+            for (shaped, runs) in [(false, &mut raw), (true, &mut framed)] {
+                if !wanted(&names[if shaped { 3 } else { 0 }]) {
+                    continue;
+                }
+                let fl = floor.clone();
+                runs.push(measure(&rt, concurrency, settings, move |_, _| {
+                    let fl = fl.clone();
+                    async move { fl.call(b"x", shaped).await.is_some() }
+                }));
             }
-            let fl = floor.clone();
-            raw.push(measure(&rt, concurrency, settings, move |_, _| {
-                let fl = fl.clone();
-                async move { fl.call(b"x").await.is_some() }
-            }));
         }
-        for (name, runs) in names.iter().zip([raw, ours, unconfirmed]) {
+        for (name, runs) in names.iter().zip([raw, ours, unconfirmed, framed]) {
             if !runs.is_empty() {
                 out.push(Summary::of(name, concurrency, &runs));
             }
