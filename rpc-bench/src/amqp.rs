@@ -1,7 +1,7 @@
 //! RabbitMQ scenarios: `rpc.call` on a registered `multiply` against (d) a raw lapin floor
-//! with the same process layout (a server connection and a client connection): publish with a
-//! correlation id and `reply_to`, an echo server, no serialization, no deadlines, no
-//! publisher confirms.
+//! with the same process layout (a server connection and a client connection, in one process
+//! or the server in a child process): publish with a correlation id and `reply_to`, an echo
+//! server, no serialization, no deadlines, no publisher confirms.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use rpc_core::kwargs;
+use rpc_core::{kwargs, Context};
 use rpc_transport_amqp::Rpc;
 use serde::Deserialize;
 use tokio::runtime::Runtime;
@@ -54,9 +54,10 @@ fn unique(name: &str) -> String {
     format!("bench.{name}.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The framework: one serving `Rpc`, one calling `Rpc`, each on its own connection.
+/// The framework: one serving `Rpc` (absent when it runs in a child process), one calling
+/// `Rpc`, each on its own connection.
 struct Framework {
-    server: Rpc,
+    server: Option<Rpc>,
     client: Rpc,
     /// The same, with publisher confirms off (`RpcBuilder::with_publisher_confirms(false)`).
     unconfirmed: Rpc,
@@ -64,30 +65,42 @@ struct Framework {
     echo: String,
 }
 
-impl Framework {
-    async fn start() -> Self {
-        let server = Rpc::builder().with_prefetch(PREFETCH).connect(&url()).await.expect("server connects");
-        let client = Rpc::connect(&url()).await.expect("client connects");
-        let unconfirmed =
-            Rpc::builder().with_publisher_confirms(false).connect(&url()).await.expect("unconfirmed client connects");
-        let (multiply, echo) = (unique("multiply"), unique("echo"));
-        server
-            .register_async(&multiply, |m: Multiply| async move { Ok::<_, std::convert::Infallible>(m.a * m.b) })
-            .await
-            .expect("register multiply");
-        server
-            .register_async(&echo, |e: Echo| async move { Ok::<_, std::convert::Infallible>(e.data.len()) })
-            .await
-            .expect("register echo");
-        Framework { server, client, unconfirmed, multiply, echo }
-    }
+/// An `Rpc` serving `multiply` and `echo` under the given names.
+async fn framework_server(multiply: &str, echo: &str) -> Rpc {
+    let server = Rpc::builder().with_prefetch(PREFETCH).connect(&url()).await.expect("server connects");
+    server
+        .register_async(multiply, |m: Multiply| async move { Ok::<_, std::convert::Infallible>(m.a * m.b) })
+        .await
+        .expect("register multiply");
+    server
+        .register_async(echo, |e: Echo| async move { Ok::<_, std::convert::Infallible>(e.data.len()) })
+        .await
+        .expect("register echo");
+    server
 }
 
 impl Framework {
+    /// The server and the clients in this process.
+    async fn start() -> Self {
+        let (multiply, echo) = (unique("multiply"), unique("echo"));
+        let server = framework_server(&multiply, &echo).await;
+        Framework { server: Some(server), ..Framework::clients(multiply, echo).await }
+    }
+
+    /// The clients alone, calling methods served elsewhere.
+    async fn clients(multiply: String, echo: String) -> Self {
+        let client = Rpc::connect(&url()).await.expect("client connects");
+        let unconfirmed =
+            Rpc::builder().with_publisher_confirms(false).connect(&url()).await.expect("unconfirmed client connects");
+        Framework { server: None, client, unconfirmed, multiply, echo }
+    }
+
     async fn close(&self) {
         let _ = self.client.close().await;
         let _ = self.unconfirmed.close().await;
-        let _ = self.server.close().await;
+        if let Some(server) = &self.server {
+            let _ = server.close().await;
+        }
     }
 }
 
@@ -98,44 +111,22 @@ struct Floor {
     queue: String,
     reply_queue: String,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>,
-    _connections: Arc<(Connection, Connection)>,
+    _connections: Arc<(Option<Connection>, Connection)>,
 }
 
 impl Floor {
+    /// The floor's server and client in this process, each on its own connection.
     async fn start() -> Self {
-        let props = ConnectionProperties::default();
-        let server_conn = Connection::connect(&url(), props.clone()).await.expect("connect");
-        let client_conn = Connection::connect(&url(), props).await.expect("connect");
+        let server_conn = Connection::connect(&url(), ConnectionProperties::default()).await.expect("connect");
         let queue = unique("floor");
+        floor_server(&server_conn, &queue).await;
+        Floor::client(queue, Some(server_conn)).await
+    }
 
-        let server = server_conn.create_channel().await.expect("channel");
-        server.basic_qos(PREFETCH, BasicQosOptions::default()).await.expect("qos");
-        let declare = QueueDeclareOptions { auto_delete: true, ..Default::default() };
-        server.queue_declare(queue.as_str().into(), declare, FieldTable::default()).await.expect("declare");
-        let mut requests = server
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .expect("consume");
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = requests.next().await {
-                // One task per delivery, as the framework's server does, so the floor is not
-                // serialised behind each publish.
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let (Some(reply_to), Some(id)) =
-                        (delivery.properties.reply_to().clone(), delivery.properties.correlation_id().clone())
-                    else {
-                        return;
-                    };
-                    let props = BasicProperties::default().with_correlation_id(id);
-                    let _ = server
-                        .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &delivery.data, props)
-                        .await;
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                });
-            }
-        });
-
+    /// The floor's client, calling `queue` (served by [`floor_server`], here or in another
+    /// process); keeps `server_conn` alive with it.
+    async fn client(queue: String, server_conn: Option<Connection>) -> Self {
+        let client_conn = Connection::connect(&url(), ConnectionProperties::default()).await.expect("connect");
         let channel = client_conn.create_channel().await.expect("channel");
         let reply = channel
             .queue_declare(
@@ -169,19 +160,77 @@ impl Floor {
         Floor { channel, queue, reply_queue, pending, _connections: Arc::new((server_conn, client_conn)) }
     }
 
-    async fn call(&self, body: &[u8]) -> Option<Vec<u8>> {
+    /// One call; `framed`: with the framework's request properties (type, content type,
+    /// `From` and deadline headers, TTL, timestamp) and `mandatory`, still without confirms.
+    async fn call(&self, body: &[u8], framed: bool) -> Option<Vec<u8>> {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending map").insert(id.clone(), tx);
-        let props = BasicProperties::default()
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(self.reply_queue.as_str().into());
-        self.channel
-            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
-            .await
-            .ok()?;
+        let reply_to: ShortString = self.reply_queue.as_str().into();
+        let (props, options) = if framed {
+            let timeout = Duration::from_secs(30);
+            let deadline = rpc_transport_amqp::wire::now_ms() + 30_000;
+            let codec = rpc_transport_amqp::Codec::MsgPack;
+            let props = rpc_transport_amqp::wire::request_properties(
+                codec,
+                &id,
+                &reply_to,
+                timeout,
+                deadline,
+                &Context::default(),
+            );
+            (props, BasicPublishOptions { mandatory: true, ..Default::default() })
+        } else {
+            (
+                BasicProperties::default().with_correlation_id(id.as_str().into()).with_reply_to(reply_to),
+                BasicPublishOptions::default(),
+            )
+        };
+        self.channel.basic_publish("".into(), self.queue.as_str().into(), options, body, props).await.ok()?;
         rx.await.ok()
     }
+}
+
+/// The floor's server: declares `queue` and echoes each delivery to its `reply_to` from a
+/// task of its own, then acks it.
+async fn floor_server(conn: &Connection, queue: &str) {
+    let server = conn.create_channel().await.expect("channel");
+    server.basic_qos(PREFETCH, BasicQosOptions::default()).await.expect("qos");
+    let declare = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+    server.queue_declare(queue.into(), declare, FieldTable::default()).await.expect("declare");
+    let mut requests = server
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = requests.next().await {
+            // One task per delivery, as the framework's server does, so the floor is not
+            // serialised behind each publish.
+            let server = server.clone();
+            tokio::spawn(async move {
+                let (Some(reply_to), Some(id)) =
+                    (delivery.properties.reply_to().clone(), delivery.properties.correlation_id().clone())
+                else {
+                    return;
+                };
+                // A request in the framework's shape gets a reply in its shape (the
+                // (d′) scenario: what the properties alone cost the broker).
+                let props = match delivery.properties.kind() {
+                    Some(_) => rpc_transport_amqp::wire::reply_properties(
+                        rpc_transport_amqp::Codec::MsgPack,
+                        Some(&id),
+                        rpc_transport_amqp::wire::TYPE_RESULT,
+                        rpc_transport_amqp::wire::TRANSIENT,
+                    ),
+                    None => BasicProperties::default().with_correlation_id(id),
+                };
+                let _ = server
+                    .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &delivery.data, props)
+                    .await;
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            });
+        }
+    });
 }
 
 fn measure<F, Fut>(rt: &Runtime, concurrency: usize, settings: &Settings, call: F) -> Run
@@ -192,16 +241,70 @@ where
     rt.block_on(closed_loop(concurrency, settings.warmup, settings.duration, call))
 }
 
-/// `rpc.call("multiply")` and the raw floor at concurrency 1 and 64, interleaved.
-pub fn run(settings: &Settings) -> Vec<Summary> {
+/// Where the serving sides run, the framework's and the floor's alike.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// Client and server in this process, on one runtime.
+    #[value(name = "one")]
+    OneProcess,
+    /// The client in this process, the server in a child process (`amqp-server`).
+    #[value(name = "two")]
+    TwoProcesses,
+}
+
+impl Layout {
+    /// The suffix of the rows' names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Layout::OneProcess => "",
+            Layout::TwoProcesses => ", two processes",
+        }
+    }
+}
+
+/// Which of [`run`]'s scenarios run (all by default).
+#[derive(Default, PartialEq, Eq)]
+pub struct Pick {
+    /// Only the scenarios whose name (without the layout's suffix) ends with this.
+    pub only: Option<String>,
+    /// Only this concurrency.
+    pub in_flight: Option<usize>,
+}
+
+/// `rpc.call("multiply")` and the raw floor at concurrency 1 and 64, interleaved, with the
+/// servers laid out as `layout` says.
+pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
     let rt = runtime("bench-amqp");
-    let framework = Arc::new(rt.block_on(Framework::start()));
-    let floor = rt.block_on(Floor::start());
+    // The children's handles: dropping them ends the server processes.
+    let mut children = Vec::new();
+    let (framework, floor) = match layout {
+        Layout::OneProcess => (rt.block_on(Framework::start()), rt.block_on(Floor::start())),
+        Layout::TwoProcesses => {
+            let (multiply, echo, queue) = (unique("multiply"), unique("echo"), unique("floor"));
+            children.push(ServerProcess::spawn("framework", &multiply, &echo).expect("framework server process"));
+            children.push(ServerProcess::spawn("floor", &queue, "").expect("floor server process"));
+            (rt.block_on(Framework::clients(multiply, echo)), rt.block_on(Floor::client(queue, None)))
+        }
+    };
+    let framework = Arc::new(framework);
+    let suffix = layout.label();
+    let names = [
+        format!("(d) raw lapin floor{suffix}"),
+        format!("rpc.call multiply{suffix}"),
+        format!("rpc.call multiply, publisher confirms off{suffix}"),
+        format!("(d′) floor with the framework's properties{suffix}"),
+    ];
+    let wanted = |name: &str| {
+        pick.only.as_deref().map_or(true, |only| name.strip_suffix(suffix).unwrap_or(name).ends_with(only))
+    };
     let mut out = Vec::new();
-    for &concurrency in &[1usize, 64] {
-        let (mut ours, mut unconfirmed, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for concurrency in [1usize, 64].into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
+        let (mut ours, mut unconfirmed, mut raw, mut framed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.reps {
             for (confirms, runs) in [(true, &mut ours), (false, &mut unconfirmed)] {
+                if !wanted(&names[if confirms { 1 } else { 2 }]) {
+                    continue;
+                }
                 let f = Arc::clone(&framework);
                 runs.push(measure(&rt, concurrency, settings, move |w, i| {
                     let f = Arc::clone(&f);
@@ -212,18 +315,98 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
                     }
                 }));
             }
-            let fl = floor.clone();
-            raw.push(measure(&rt, concurrency, settings, move |_, _| {
-                let fl = fl.clone();
-                async move { fl.call(b"x").await.is_some() }
-            }));
+            for (shaped, runs) in [(false, &mut raw), (true, &mut framed)] {
+                if !wanted(&names[if shaped { 3 } else { 0 }]) {
+                    continue;
+                }
+                let fl = floor.clone();
+                runs.push(measure(&rt, concurrency, settings, move |_, _| {
+                    let fl = fl.clone();
+                    async move { fl.call(b"x", shaped).await.is_some() }
+                }));
+            }
         }
-        out.push(Summary::of("(d) raw lapin floor", concurrency, &raw));
-        out.push(Summary::of("rpc.call multiply", concurrency, &ours));
-        out.push(Summary::of("rpc.call multiply, publisher confirms off", concurrency, &unconfirmed));
+        for (name, runs) in names.iter().zip([raw, ours, unconfirmed, framed]) {
+            if !runs.is_empty() {
+                out.push(Summary::of(name, concurrency, &runs));
+            }
+        }
     }
     rt.block_on(framework.close());
+    drop(children);
     out
+}
+
+/// A server of the two-process layout: the benchmark re-run as `amqp-server`, ended when its
+/// handle drops (its stdin closes; killed if it has not exited 5 s later).
+struct ServerProcess {
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts a `kind` server (`framework` or `floor`) on `name` (and `echo`), and waits until
+    /// it serves.
+    fn spawn(kind: &str, name: &str, echo: &str) -> Result<Self, String> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(["amqp-server", "--kind", kind, "--name", name, "--echo", echo])
+            // The benchmark's vhost (the child uses it instead of creating its own).
+            .env("RABBITMQ_URL", url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut server = ServerProcess { child };
+        if BufReader::new(stdout).lines().next().and_then(Result::ok).as_deref() != Some("ready") {
+            server.stop();
+            return Err(format!("the {kind} server process did not start"));
+        }
+        Ok(server)
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The child side of [`ServerProcess`]: serves `name` (the framework's `multiply`, and `echo`;
+/// or the floor's echo queue) until stdin closes.
+pub fn serve_in_child(kind: &str, name: &str, echo: &str) {
+    let rt = runtime("bench-amqp-server");
+    rt.block_on(async {
+        let (framework, _floor) = match kind {
+            "framework" => (Some(framework_server(name, echo).await), None),
+            "floor" => {
+                let conn = Connection::connect(&url(), ConnectionProperties::default()).await.expect("connect");
+                floor_server(&conn, name).await;
+                (None, Some(conn))
+            }
+            other => panic!("unknown server kind {other}"),
+        };
+        println!("ready");
+        let _ = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
+        if let Some(rpc) = framework {
+            let _ = rpc.close().await;
+        }
+    });
 }
 
 /// Latency of one call (concurrency 1) with a payload of each size.

@@ -39,8 +39,20 @@ enum What {
     Tcp,
     /// HTTP/JSON front through the producer vs a minimal axum floor; keep-alive, 1 and 32 clients.
     Http,
-    /// RabbitMQ: rpc.call vs a raw lapin floor, and aio-pika; 1 and 64 in flight.
-    Amqp,
+    /// RabbitMQ: rpc.call vs a raw lapin floor, and aio-pika; 1 and 64 in flight; client and
+    /// server in one process, then in two.
+    Amqp {
+        /// Only this layout (both by default).
+        #[arg(long, value_enum)]
+        layout: Option<amqp::Layout>,
+        /// Only the scenarios whose name ends with this (`floor`, `multiply`, `confirms off`),
+        /// for profiling one of them.
+        #[arg(long)]
+        only: Option<String>,
+        /// Only this many in flight (1 and 64 by default).
+        #[arg(long)]
+        in_flight: Option<usize>,
+    },
     /// Cost growth: payload sizes, and RSS of a server holding 10,000 calls.
     Growth,
     /// TCP cost growth: Producer throughput with 2, 4 and 8 consumers; RSS per idle connection
@@ -65,6 +77,17 @@ enum What {
         /// The cluster's nodes, comma-separated.
         #[arg(long)]
         urls: String,
+    },
+    /// Internal: the server process of the two-process RabbitMQ layout.
+    #[command(hide = true)]
+    AmqpServer {
+        /// `framework` or `floor`.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        echo: String,
     },
     /// Internal: the server process of the RSS measurement.
     #[command(hide = true)]
@@ -91,6 +114,10 @@ fn main() {
     }
     if let What::HoldServer { method, calls } = &cli.what {
         amqp::hold_server(method, *calls);
+        return;
+    }
+    if let What::AmqpServer { kind, name, echo } = &cli.what {
+        amqp::serve_in_child(kind, name, echo);
         return;
     }
     let settings = if cli.quick {
@@ -145,13 +172,33 @@ fn main() {
             "(f) axum floor, constant",
         );
     }
-    if all || cli.what == What::Amqp {
-        let mut rows = amqp::run(&settings);
-        match peer::run(&settings) {
-            Ok(peer) => rows.extend(peer),
-            Err(why) => println!("\n(aio-pika peer skipped: {why})"),
+    // The RabbitMQ layouts to run: both for `all`, or as `amqp --layout` says.
+    let (one, two, pick) = match &cli.what {
+        What::All => (true, true, amqp::Pick::default()),
+        What::Amqp { layout, only, in_flight } => (
+            *layout != Some(amqp::Layout::TwoProcesses),
+            *layout != Some(amqp::Layout::OneProcess),
+            amqp::Pick { only: only.clone(), in_flight: *in_flight },
+        ),
+        _ => (false, false, amqp::Pick::default()),
+    };
+    if one {
+        let mut rows = amqp::run(&settings, amqp::Layout::OneProcess, &pick);
+        if pick == amqp::Pick::default() {
+            match peer::run(&settings) {
+                Ok(peer) => rows.extend(peer),
+                Err(why) => println!("\n(aio-pika peer skipped: {why})"),
+            }
         }
-        stats::print_table("RabbitMQ request/reply (`multiply`)", &rows, "(d) raw lapin floor");
+        stats::print_table("RabbitMQ request/reply (`multiply`), one process", &rows, "(d) raw lapin floor");
+    }
+    if two {
+        let rows = amqp::run(&settings, amqp::Layout::TwoProcesses, &pick);
+        stats::print_table(
+            "RabbitMQ request/reply (`multiply`), client and server in two processes",
+            &rows,
+            "(d) raw lapin floor, two processes",
+        );
     }
     if let What::Cluster { urls } = &cli.what {
         let rows = amqp::cluster(&settings, urls);
