@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use rpc::core::{kwargs, Request, RpcError, Transport};
+use rpc::core::{kwargs, Reply, Request, RpcError, Transport};
 
 use crate::service::{progress, ConformanceClient, Refusal, Summary};
 use crate::setups::{Fixture, PATIENCE};
@@ -25,6 +25,32 @@ pub async fn typed_result<T: Transport>(fx: &Fixture<T>) {
     assert_eq!(client.add(-7, 3).await.unwrap(), -4);
     let summary = client.summarize("numbers".into(), vec![1, 2, 3, 4]).await.unwrap();
     assert_eq!(summary, Summary { label: "numbers".into(), count: 4, total: 10 });
+}
+
+/// A raw call's result: a structured value, or text on a text transport; the same either
+/// way once rendered or decoded.
+pub async fn reply_shape<T: Transport>(fx: &Fixture<T>) {
+    let args = kwargs! {"a" => 40, "b" => 2};
+    let reply = within("a raw call", fx.transport.call(request("conformance", "add", args))).await.unwrap();
+    if fx.traits.text_replies {
+        assert_eq!(reply, Reply::Text("42".into()));
+    } else {
+        assert_eq!(reply, Reply::Value(serde_json::json!(42)));
+    }
+    assert_eq!(reply.clone().into_text(), "42");
+    assert_eq!(reply.decode::<i64>("conformance.add").unwrap(), 42);
+}
+
+/// The call's metadata reaches the handler's context; the one-line TCP protocol has no room
+/// for it, so there the handler sees none (and the call still succeeds).
+pub async fn metadata_reaches_the_handler<T: Transport>(fx: &Fixture<T>) {
+    let client = ConformanceClient::new(&fx.transport).with_metadata("tenant", "acme").unwrap();
+    let seen = within("a call with metadata", client.tenant()).await.unwrap();
+    if fx.traits.metadata {
+        assert_eq!(seen.as_deref(), Some("acme"));
+    } else {
+        assert_eq!(seen, None, "this transport carries no metadata");
+    }
 }
 
 /// A handler's error reaches the caller with its target, code and message.

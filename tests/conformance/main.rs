@@ -1,8 +1,9 @@
 //! The conformance suite: the same cases (`cases.rs`) against every transport configuration
 //! (`setups.rs`). A new transport gets the whole suite with one `conformance!` line below.
 //!
-//! Where a transport legitimately differs from the in-memory reference (RabbitMQ cannot tell
-//! an unknown service from an unknown method, nor see a caller go away), its
+//! Where a transport legitimately differs from the in-memory reference (the one-line TCP
+//! protocol delivers results as text and carries no metadata; RabbitMQ cannot tell an unknown
+//! service from an unknown method, nor see a caller go away), its
 //! [`setups::Traits`] say so and the case asserts the transport's own behaviour instead.
 
 mod cases;
@@ -16,6 +17,8 @@ macro_rules! conformance {
         mod $name {
             conformance!(@cases $setup;
                 typed_result,
+                reply_shape,
+                metadata_reaches_the_handler,
                 handler_error_with_code,
                 serde_error_comes_back_as_its_type,
                 unknown_service,

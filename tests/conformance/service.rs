@@ -133,6 +133,11 @@ impl Conformance {
         s.len() as u64
     }
 
+    /// The `tenant` metadata entry of the call, if it carries one.
+    pub async fn tenant(ctx: &Context) -> Option<String> {
+        ctx.metadata().get("tenant").map(str::to_owned)
+    }
+
     /// Counts `steps` steps of 20 ms into the progress named `key`; stops when its call is
     /// cancelled (the future dropped, or the context's signal).
     pub async fn count(ctx: &Context, key: String, steps: u32) -> u32 {

@@ -21,6 +21,11 @@ use crate::service::Conformance;
 pub struct Traits {
     /// The handler error's own value (`RpcError::Handler::data`) reaches the caller.
     pub error_data: bool,
+    /// Results arrive as text (`Reply::Text`), rendered by the server and parsed by the
+    /// client, instead of as structured values.
+    pub text_replies: bool,
+    /// The call's metadata reaches the handler.
+    pub metadata: bool,
     /// The error a call to a service nobody serves gets (`RpcError::kind`).
     pub unknown_service: &'static str,
     /// Dropping the call's future ends the handler's work on the server (not only the
@@ -38,7 +43,17 @@ pub struct Fixture<T> {
     _servers: Vec<Box<dyn Any + Send>>,
 }
 
-const REFERENCE: Traits = Traits { error_data: true, unknown_service: "unknown_service", cancel_on_drop: true };
+const REFERENCE: Traits = Traits {
+    error_data: true,
+    text_replies: false,
+    metadata: true,
+    unknown_service: "unknown_service",
+    cancel_on_drop: true,
+};
+
+/// The one-line TCP protocol: results travel as text, and the line has no room for metadata
+/// (the deadline is the client's own; a client that leaves closes the connection).
+const TEXT_LINE: Traits = Traits { text_replies: true, metadata: false, ..REFERENCE };
 
 fn registry() -> Registry {
     Registry::new().with(Conformance).expect("an unreserved service name")
@@ -71,7 +86,7 @@ pub async fn memory() -> Fixture<MemoryTransport> {
 pub async fn tcp_consumer() -> Fixture<TcpTransport> {
     let (addr, server) = consumer().await;
     // The error line carries the error's JSON, handler data included.
-    Fixture { transport: TcpTransport::new(addr), traits: REFERENCE, _servers: vec![server] }
+    Fixture { transport: TcpTransport::new(addr), traits: TEXT_LINE, _servers: vec![server] }
 }
 
 /// The TCP Producer in front of two Consumers, called over TCP.
@@ -80,7 +95,7 @@ pub async fn tcp_producer() -> Fixture<TcpTransport> {
     let (b, server_b) = consumer().await;
     let producer = Producer::new(vec![a, b], ProducerConfig::default());
     let (addr, front) = listen(|listener, stopped| async move { producer.serve(listener, stopped).await }).await;
-    Fixture { transport: TcpTransport::new(addr), traits: REFERENCE, _servers: vec![front, server_a, server_b] }
+    Fixture { transport: TcpTransport::new(addr), traits: TEXT_LINE, _servers: vec![front, server_a, server_b] }
 }
 
 /// RabbitMQ, the caller and the server on connections of their own, with `codec`.
