@@ -24,7 +24,8 @@ pub struct Limits {
     /// stays below this plus one 8 KiB read chunk.
     pub max_line: usize,
     /// How long a client has, from connecting, to send its whole request line. Default 10 s.
-    /// A client that is late gets `ERROR bad_request: no complete request within 10 s`.
+    /// A client that is late gets the line `ERROR bad_request: bad request: no complete request
+    /// within 10 s`, then the error as JSON (`docs/PROTOCOL.md`).
     pub read_timeout: Duration,
     /// How long writing the reply may take. Default 10 s; then the connection is dropped.
     pub write_timeout: Duration,

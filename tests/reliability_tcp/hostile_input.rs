@@ -391,7 +391,7 @@ async fn two_thousand_idle_connections(ep: Arc<Endpoint>) -> String {
 }
 
 /// Runs every case against `kind`, checking after each one that the endpoint still answers
-/// the seed's request; reports every failing case at once.
+/// the design document's request; reports every failing case at once.
 async fn run_every_case(kind: Kind) {
     let ep = Arc::new(Endpoint::start(kind).await);
     let mut failures = Vec::new();
