@@ -198,9 +198,11 @@ pub async fn dropping_the_call_cancels_the_handler<T: Transport>(fx: &Fixture<T>
     let key = rpc_testkit::unique("drop");
     let progress = progress(&key);
     let ended = progress.ended();
-    let deadline = Duration::from_secs(2);
+    // Where the drop cancels, a deadline far beyond the bound below, so only the drop can
+    // have ended the work; elsewhere a short one, which does.
+    let deadline = if fx.traits.cancel_on_drop { Duration::from_secs(60) } else { Duration::from_millis(1500) };
     let client = ConformanceClient::new(&fx.transport).with_deadline(deadline);
-    let call = client.count(key, 500);
+    let call = client.count(key, 3000);
     tokio::select! {
         result = call => panic!("the call ended first: {result:?}"),
         () = within("two steps", progress.reached(2)) => {}
@@ -208,9 +210,10 @@ pub async fn dropping_the_call_cancels_the_handler<T: Transport>(fx: &Fixture<T>
     let dropped = tokio::time::Instant::now();
     within("the handler's end", ended).await;
     let at_end = progress.steps();
-    assert!(at_end < 500, "the handler ran to its end");
+    assert!(at_end < 3000, "the handler ran to its end");
     if fx.traits.cancel_on_drop {
-        assert!(dropped.elapsed() < Duration::from_secs(1), "the handler ended only after {:?}", dropped.elapsed());
+        // The TCP Consumer gives a closed connection 500 ms of grace (docs/DESIGN.md).
+        assert!(dropped.elapsed() < Duration::from_secs(5), "the handler ended only after {:?}", dropped.elapsed());
     } else {
         // Ended by its deadline, which travelled with the request.
         assert!(at_end >= 5, "the handler stopped after {at_end} steps, before its deadline");
