@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bash scripts/ensure-rabbitmq.sh          # a broker on 127.0.0.1:5672
-//! cargo run --example amqp_rpc             # t = 3, as in the seed
+//! cargo run --example amqp_rpc             # t = 3, as in the design document
 //! cargo run --example amqp_rpc -- 0.2      # a shorter nap
 //! ```
 //! The broker is `$RABBITMQ_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).

@@ -1,7 +1,7 @@
-//! `cargo run --example calculator`: the seed's whole system in one process.
+//! `cargo run --example calculator`: the design document's whole system in one process.
 //!
 //! Two Consumers (serving `Calculator` and `NeuralNet`) and one Producer start on free
-//! loopback ports; then a crowd of external clients (the seed's `1_rpc_client.py`) sends a mix
+//! loopback ports; then a crowd of external clients (the design document's `1_rpc_client.py`) sends a mix
 //! of tasks concurrently, over real TCP, through the Producer. Each task and its result is
 //! printed as it completes, then a summary. The exit code is 0 when every task got the answer
 //! it expected (including the errors the crowd provokes on purpose), 1 otherwise.

@@ -20,7 +20,7 @@ impl Bench {
         a + b
     }
 
-    /// Sync: goes through the blocking pool, as the seed's heavy handlers do.
+    /// Sync: goes through the blocking pool, as the design document's heavy handlers do.
     pub fn add_sync(a: f64, op: String, b: f64) -> f64 {
         black_box(&op);
         a + b

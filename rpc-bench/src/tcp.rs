@@ -1,4 +1,4 @@
-//! TCP scenarios, one connection per request as the seed's protocol says:
+//! TCP scenarios, one connection per request as the design document's protocol says:
 //! (a) straight to one Consumer, (b) through the Producer to two Consumers, (c) the raw floor:
 //! a minimal tokio server that accepts, reads one line, writes a fixed reply and closes.
 //!
@@ -133,7 +133,7 @@ async fn raw_serve(stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// One request as the seed's client sends it: connect, write, read to EOF.
+/// One request as the design document's client sends it: connect, write, read to EOF.
 async fn one_request(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect(addr).await else { return false };
     let _ = stream.set_nodelay(true);

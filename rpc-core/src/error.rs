@@ -528,7 +528,8 @@ pub fn handler_error<E: fmt::Display + 'static>(target: &str, error: E, data: Op
         .bounded();
     }
     let type_name = std::any::type_name::<E>();
-    // `my_crate::CalcError` -> `CalcError`; generic types keep their arguments' last segment.
+    // `my_crate::CalcError` -> `CalcError`; a generic type loses its arguments
+    // (`my_crate::Wrapper<my_crate::Inner>` -> `Wrapper`).
     let short = type_name.split('<').next().unwrap_or(type_name).rsplit("::").next().unwrap_or(type_name);
     RpcError::Handler {
         target: target.to_owned(),

@@ -1,7 +1,9 @@
 //! The service model through the in-memory transport: every argument shape, every error, the
 //! typed client, the blocking pool and panics.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rpc_core::{kwargs, Args, HandlerError, MemoryTransport, Registry, Reply, Request, RpcError, Transport};
@@ -119,6 +121,20 @@ impl Calculator {
         ms
     }
 
+    /// Holds a blocking-pool thread: marks gate `name` started, then waits (at most 10 s)
+    /// until the test opens it. Tests wait for the start instead of guessing how long it takes.
+    pub fn hold(name: String) -> String {
+        let (lock, changed) = gates();
+        let mut gates = lock.lock().unwrap();
+        gates.entry(name.clone()).or_default().started = true;
+        changed.notify_all();
+        let (gates, _) = changed
+            .wait_timeout_while(gates, Duration::from_secs(10), |g| !g.get(&name).is_some_and(|g| g.open))
+            .unwrap();
+        drop(gates);
+        name
+    }
+
     pub async fn sleep_async(ms: u64) -> u64 {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
@@ -153,6 +169,34 @@ impl Counter {
     pub async fn peek(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
+}
+
+/// Whether a `hold` call started, and whether the test let it go.
+#[derive(Default)]
+struct Gate {
+    started: bool,
+    open: bool,
+}
+
+fn gates() -> &'static (Mutex<HashMap<String, Gate>>, Condvar) {
+    static GATES: OnceLock<(Mutex<HashMap<String, Gate>>, Condvar)> = OnceLock::new();
+    GATES.get_or_init(Default::default)
+}
+
+/// Waits (at most 10 s) until a `hold` call of gate `name` runs.
+async fn held(name: &str) {
+    let waited = Instant::now();
+    while !gates().0.lock().unwrap().get(name).is_some_and(|g| g.started) {
+        assert!(waited.elapsed() < Duration::from_secs(10), "hold({name}) never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Lets the `hold` call of gate `name` return.
+fn release(name: &str) {
+    let (lock, changed) = gates();
+    lock.lock().unwrap().entry(name.to_owned()).or_default().open = true;
+    changed.notify_all();
 }
 
 fn registry() -> Registry {
@@ -351,17 +395,18 @@ async fn a_sleeping_sync_handler_does_not_delay_an_async_handler() {
     let t = MemoryTransport::new(registry());
     let slow = tokio::spawn({
         let t = t.clone();
-        async move { t.call(Request::new("calculator", "sleep_sync", text("200"))).await }
+        async move { t.call(Request::new("calculator", "hold", text("sync-vs-async"))).await }
     });
-    // Give the sync call a head start so it is really running on the pool.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The sync call runs on the pool, and stays there until released.
+    held("sync-vs-async").await;
     let started = Instant::now();
     let fast = t.call(Request::new("calculator", "sleep_async", text("0"))).await.unwrap();
     let fast_took = started.elapsed();
     assert_eq!(fast.into_text(), "0");
-    assert!(!slow.is_finished(), "the sync call should still be sleeping");
+    assert!(!slow.is_finished(), "the sync call should still be running");
     assert!(fast_took < Duration::from_millis(150), "async call waited {fast_took:?} behind the sync one");
-    assert_eq!(slow.await.unwrap().unwrap().into_text(), "200");
+    release("sync-vs-async");
+    assert_eq!(slow.await.unwrap().unwrap().into_text(), "sync-vs-async");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -369,12 +414,14 @@ async fn sync_handlers_do_not_block_even_a_single_threaded_runtime() {
     let t = MemoryTransport::new(registry());
     let slow = tokio::spawn({
         let t = t.clone();
-        async move { t.call(Request::new("calculator", "sleep_sync", text("200"))).await }
+        async move { t.call(Request::new("calculator", "hold", text("single-thread"))).await }
     });
-    tokio::task::yield_now().await;
+    held("single-thread").await;
     let started = Instant::now();
     t.call(Request::new("ctr", "peek", text(""))).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(150));
+    assert!(!slow.is_finished(), "the sync call should still be running");
+    release("single-thread");
     slow.await.unwrap().unwrap();
 }
 
@@ -383,13 +430,14 @@ async fn an_inline_method_skips_the_blocking_pool_even_when_it_is_full() {
     let t = MemoryTransport::new(registry().with_blocking_pool(rpc_core::BlockingPool::new(1)));
     let busy = tokio::spawn({
         let t = t.clone();
-        async move { t.call(Request::new("calculator", "sleep_sync", text("300"))).await }
+        async move { t.call(Request::new("calculator", "hold", text("inline"))).await }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    held("inline").await;
     let started = Instant::now();
     assert_eq!(t.call(Request::new("calculator", "double", text("21"))).await.unwrap().into_text(), "42");
     assert!(!busy.is_finished(), "the pool's only slot should still be busy");
     assert!(started.elapsed() < Duration::from_millis(200), "inline call waited for the pool: {:?}", started.elapsed());
+    release("inline");
     busy.await.unwrap().unwrap();
     let info = t.registry().service("calculator").unwrap().info();
     assert!(!info.method("double").unwrap().blocking && info.method("sleep_sync").unwrap().blocking);

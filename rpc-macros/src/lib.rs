@@ -82,7 +82,7 @@ mod validate;
 ///   (`neural_net predict 0.5 1.0` → `Vec<f32>`); in named calls it is one array.
 ///
 /// # Methods
-/// Methods may take no receiver (the seed's static methods) or `&self` (service state), may be
+/// Methods may take no receiver (the design document's static methods) or `&self` (service state), may be
 /// `async` or not, and return any `Serialize` type or `Result<T, E>` with `E: Display`.
 /// Synchronous methods are presumed heavy and run on the registry's bounded blocking pool, so
 /// they never stall the async runtime (unless marked `#[rpc(inline)]`). Parameters are owned `Deserialize + Serialize` types.

@@ -24,7 +24,8 @@ pub struct Limits {
     /// stays below this plus one 8 KiB read chunk.
     pub(crate) max_line: usize,
     /// How long a client has, from connecting, to send its whole request line. Default 10 s.
-    /// A client that is late gets `ERROR bad_request: no complete request within 10 s`.
+    /// A client that is late gets the line `ERROR bad_request: bad request: no complete request
+    /// within 10 s`, then the error as JSON (`docs/PROTOCOL.md`).
     pub(crate) read_timeout: Duration,
     /// How long writing the reply may take. Default 10 s; then the connection is dropped.
     pub(crate) write_timeout: Duration,
@@ -70,7 +71,8 @@ impl Limits {
     }
 
     /// How long a client has, from connecting, to send its whole request line. Default 10 s.
-    /// A client that is late gets `ERROR bad_request: no complete request within 10 s`.
+    /// A client that is late gets the line `ERROR bad_request: bad request: no complete request
+    /// within 10 s`, then the error as JSON (`docs/PROTOCOL.md`).
     #[must_use]
     pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;

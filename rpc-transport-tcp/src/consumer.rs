@@ -1,4 +1,4 @@
-//! [`Consumer`]: the seed's synchronous server. It serves a [`Registry`] on a listener the
+//! [`Consumer`]: the design document's synchronous server. It serves a [`Registry`] on a listener the
 //! caller owns, one task per connection, until the caller's shutdown signal.
 
 use std::future::Future;

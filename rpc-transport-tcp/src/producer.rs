@@ -1,4 +1,4 @@
-//! [`Producer`]: the seed's asynchronous gateway. External clients send it tasks in the text
+//! [`Producer`]: the design document's asynchronous gateway. External clients send it tasks in the text
 //! protocol; it forwards each to one of its Consumers and relays the reply bytes verbatim.
 //!
 //! - **Health probes**: a peer is given tasks only once it has answered `_rpc health` (see

@@ -1,4 +1,4 @@
-//! The Consumer over real sockets, byte for byte: what a `nc` user or the seed's Python
+//! The Consumer over real sockets, byte for byte: what a `nc` user or the design document's Python
 //! client sees.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Helpers shared by the RabbitMQ reliability tests (`tests/reliability_amqp.rs`,
+//! Helpers shared by the RabbitMQ reliability tests (`tests/reliability_amqp/`,
 //! `tests/reliability_broker_restart.rs`), included with `#[path]`.
 //!
 //! - broker access: [`url`], [`unique`] names, raw lapin channels, queue counters from
