@@ -223,6 +223,7 @@ impl Context {
     }
 
     /// The call's metadata, to change before sending.
+    #[doc(hidden)]
     pub fn metadata_mut(&mut self) -> &mut Metadata {
         Arc::make_mut(&mut self.metadata)
     }
@@ -238,6 +239,7 @@ impl Context {
 
     /// Replaces the metadata.
     #[must_use]
+    #[doc(hidden)]
     pub fn with_all_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = Arc::new(metadata);
         self

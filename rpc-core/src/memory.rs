@@ -45,6 +45,7 @@ impl MemoryTransport {
     }
 
     /// The registry calls go to.
+    #[doc(hidden)]
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }

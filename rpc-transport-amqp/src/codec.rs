@@ -46,6 +46,7 @@ impl Codec {
     ///
     /// `application/msgpack`, `application/x-msgpack` and `application/vnd.msgpack` are
     /// MessagePack; `application/json` and `text/json` are JSON; anything else is `None`.
+    #[doc(hidden)]
     pub fn from_content_type(content_type: &str) -> Option<Codec> {
         let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         match essence.as_str() {
@@ -66,6 +67,7 @@ impl Codec {
     ///
     /// # Errors
     /// Never for values built from JSON; kept for codecs that can refuse a value.
+    #[doc(hidden)]
     pub fn encode(self, value: &Value) -> Result<Vec<u8>, CodecError> {
         let encoded = match self {
             Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
@@ -80,6 +82,7 @@ impl Codec {
     /// When the bytes are not exactly one valid value of this codec (trailing bytes are
     /// refused; so are MessagePack maps with non-string keys and binary blobs, which have no
     /// JSON form), or nest deeper than [`MAX_DEPTH`].
+    #[doc(hidden)]
     pub fn decode(self, bytes: &[u8]) -> Result<Value, CodecError> {
         let decoded = match self {
             Codec::MsgPack => {

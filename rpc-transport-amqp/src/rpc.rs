@@ -441,6 +441,7 @@ impl Rpc {
     }
 
     /// The current reply queue's name, while connected.
+    #[doc(hidden)]
     pub fn reply_queue(&self) -> Option<String> {
         self.session.current().map(|link| link.reply_queue.to_string())
     }
@@ -478,6 +479,7 @@ impl Rpc {
     }
 
     /// How many calls are waiting for their reply.
+    #[doc(hidden)]
     pub fn pending_calls(&self) -> usize {
         self.session.pending().len()
     }
@@ -488,6 +490,7 @@ impl Rpc {
     }
 
     /// The settings.
+    #[doc(hidden)]
     pub fn config(&self) -> &RpcConfig {
         &self.session.config
     }

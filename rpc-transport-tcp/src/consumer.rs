@@ -81,11 +81,13 @@ impl Consumer {
     }
 
     /// The registry it serves.
+    #[doc(hidden)]
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
     }
 
     /// Its settings.
+    #[doc(hidden)]
     pub fn config(&self) -> &ConsumerConfig {
         &self.inner.config
     }

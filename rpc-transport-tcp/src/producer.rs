@@ -241,6 +241,7 @@ impl Producer {
     }
 
     /// Its settings.
+    #[doc(hidden)]
     pub fn config(&self) -> &ProducerConfig {
         &self.inner.config
     }
@@ -268,6 +269,7 @@ impl Producer {
     /// Probes every consumer now (concurrently) and returns their stats afterwards: what
     /// [`Producer::serve`] does at start, for a caller that wants to report on its consumers
     /// before serving.
+    #[doc(hidden)]
     pub async fn probe_all(&self) -> Vec<ConsumerStats> {
         Arc::clone(&self.inner).probe_round(true).await;
         self.stats()

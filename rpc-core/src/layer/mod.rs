@@ -48,6 +48,7 @@ use crate::{Registry, Reply, Request, RpcError, Transport};
 pub type ServerStack = BoxCloneSyncService<Request, Value, RpcError>;
 
 /// A client's stack, boxed.
+#[doc(hidden)]
 pub type ClientStack = BoxCloneSyncService<Request, Reply, RpcError>;
 
 /// Wraps `stack` in `layer`, boxed again; what every server's `layer` method does.
