@@ -47,7 +47,7 @@ mod validate;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), rpc_core::RpcError> {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = CalculatorClient::new(MemoryTransport::new(Registry::new().with(Calculator)?));
 /// assert_eq!(client.calculate(2.0, "+".into(), 2.0).await?, 4.0);
 /// assert_eq!(client.sum(vec![1.0, 2.0, 3.0]).await?, 6.0);
