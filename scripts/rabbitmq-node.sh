@@ -68,7 +68,7 @@ launch() {
     RABBITMQ_NODENAME=$NODE RABBITMQ_NODE_PORT=$PORT RABBITMQ_DIST_PORT=$DIST_PORT \
         RABBITMQ_CONFIG_FILE=$DIR/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$DIR/enabled_plugins \
         RABBITMQ_MNESIA_BASE=$DIR/db RABBITMQ_LOG_BASE=$DIR/log ERL_EPMD_ADDRESS=127.0.0.1 \
-        setsid nohup rabbitmq-server >>"$DIR/log/stdout" 2>&1 </dev/null &
+        setsid nohup rabbitmq-server >>"$DIR/log/stdout" 2>&1 </dev/null 9>&- &
     local shell=$! started=$SECONDS
     while ((SECONDS - started < WAIT)); do
         if answers "$PORT" && pid >/dev/null; then
@@ -102,6 +102,12 @@ start)
     PORT=$3
     shift 3
     [[ $PORT != 5672 ]] || { log "5672 is the default broker's port"; exit 2; }
+    # One start of NAME at a time: two processes starting the same name (two tests taking
+    # the first port of a range) would otherwise both see the winner's node answer and share
+    # it. The loser fails at once and moves on. The lock files stay (empty, in .locks/).
+    mkdir -p "$ROOT/.locks"
+    exec 9>"$ROOT/.locks/$NAME"
+    flock -n 9 || { log "being started by another process"; exit 1; }
     if pid >/dev/null; then
         log "already running; stop or restart it"
         exit 1
@@ -125,7 +131,6 @@ restart)
 stop)
     halt
     rm -rf "$DIR"
-    rmdir "$ROOT" 2>/dev/null || true
     log "stopped and removed"
     ;;
 kill)

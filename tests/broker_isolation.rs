@@ -110,3 +110,37 @@ async fn a_foreign_server_on_the_shared_vhosts_calculator_queue_takes_none_of_th
         let _ = cleanup.close(200, "OK".into()).await;
     }
 }
+
+/// Every test and the benchmark reach the broker through `rpc_testkit::broker` (`url()`, or a
+/// program started by `common_cli::spawn`, which passes it on), never by reading
+/// `$RABBITMQ_URL` themselves: that URL names the shared vhost, where the user's own examples
+/// serve the same queue names and where anything a test declares is left behind.
+#[test]
+fn no_test_reads_the_shared_broker_url_itself() {
+    fn sources(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["tests", "rpc-core/tests", "rpc-transport-tcp/tests", "rpc-transport-amqp/tests", "rpc-http/tests"] {
+        if root.join(dir).is_dir() {
+            sources(&root.join(dir), &mut files);
+        }
+    }
+    sources(&root.join("rpc-bench/src"), &mut files);
+    assert!(files.len() > 20, "expected the suite's sources, found {files:?}");
+    let needle = ["var(\"RABBITMQ", "_URL\")"].concat();
+    let readers: Vec<_> = files
+        .iter()
+        .filter(|path| std::fs::read_to_string(path).is_ok_and(|text| text.contains(&needle)))
+        .map(|path| path.strip_prefix(root).unwrap_or(path).display().to_string())
+        .collect();
+    assert!(readers.is_empty(), "expected every test to take its broker URL from rpc_testkit, these read it: {readers:?}");
+}

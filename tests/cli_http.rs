@@ -8,11 +8,6 @@ use std::time::Duration;
 
 use common_cli::{run, spawn};
 
-/// The broker the AMQP case uses: `$RABBITMQ_URL`, else the local default.
-fn rabbitmq_url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
 #[tokio::test]
 async fn the_producer_serves_http_beside_the_text_protocol_and_stops_both_on_sigterm() {
     let mut consumers = Vec::new();
@@ -65,11 +60,10 @@ async fn the_producer_serves_http_beside_the_text_protocol_and_stops_both_on_sig
 
 #[tokio::test]
 async fn the_producer_serves_http_over_rabbitmq_workers_and_stops_on_sigint() {
-    let url = rabbitmq_url();
-    let env = [("RABBITMQ_URL", url.as_str())];
-    let mut worker = spawn("consumer", &["--amqp"], &env);
+    // Both programs work in this test process's vhost (`common_cli::spawn`).
+    let mut worker = spawn("consumer", &["--amqp"], &[]);
     worker.stderr_line("consumer: serving", Duration::from_secs(60)).await;
-    let mut producer = spawn("producer", &["--amqp", "--http", "127.0.0.1:0"], &env);
+    let mut producer = spawn("producer", &["--amqp", "--http", "127.0.0.1:0"], &[]);
     let http = producer.ready_addr("producer: serving HTTP on").await;
     let front = format!("http://{http}");
 

@@ -54,12 +54,24 @@ impl PrivateNode {
     /// # Panics
     /// When no port of the range gives a running node.
     pub fn start() -> PrivateNode {
+        PrivateNode::start_with(&[])
+    }
+
+    /// [`PrivateNode::start`], with `config` lines added to the node's `rabbitmq.conf` (e.g.
+    /// `max_message_size = 65536`).
+    ///
+    /// # Panics
+    /// When no port of the range gives a running node.
+    pub fn start_with(config: &[&str]) -> PrivateNode {
         let prefix = std::env::var(NAME_ENV).unwrap_or_else(|_| "rpc-test-node".into());
         let (first, last) = ports();
         let mut failures = Vec::new();
         for port in first..=last {
             let name = format!("{prefix}-{port}");
-            match node_script(&["start", &name, &port.to_string()]) {
+            let port = port.to_string();
+            let mut args = vec!["start", name.as_str(), port.as_str()];
+            args.extend_from_slice(config);
+            match node_script(&args) {
                 Ok(out) => {
                     let url = out.lines().last().unwrap_or_default().trim().to_owned();
                     return PrivateNode { name, url };

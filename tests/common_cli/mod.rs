@@ -72,10 +72,13 @@ pub struct Program {
 }
 
 /// Starts example `name` with `args` and extra environment `env` (`RUST_LOG` is cleared unless
-/// given), stdout and stderr piped.
+/// given; `RABBITMQ_URL` is this test process's vhost unless given), stdout and stderr piped.
 pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Program {
     let mut command = Command::new(example(name));
     command.args(args).env_remove("RUST_LOG").env_remove("NO_COLOR");
+    // Every program a test starts works in the test process's own vhost (`rpc_testkit::url`),
+    // never on the shared one where a user's own examples serve the same queue names.
+    command.env("RABBITMQ_URL", rpc_testkit::url());
     for (key, value) in env {
         command.env(key, value);
     }

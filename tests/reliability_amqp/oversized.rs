@@ -3,6 +3,7 @@
 //! become short errors.
 
 use super::*;
+use rpc_testkit::node::PrivateNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calculate_call_with_an_eight_megabyte_operator_gets_one_short_error_and_the_server_keeps_its_link() {
@@ -50,97 +51,37 @@ async fn a_calculate_call_with_an_eight_megabyte_operator_gets_one_short_error_a
     server.close().await.expect("server closes");
 }
 
-/// A RabbitMQ node of the test's own (`scripts/rabbitmq-node.sh`): its own name, port and
-/// data, so its configuration cannot touch the shared broker. Stopped and removed when
-/// dropped, whether the test passed or not.
-struct PrivateNode {
-    name: String,
-    url: String,
+/// The connections named `name` on `node`, a private node (`rpc_testkit::node::PrivateNode`:
+/// its own name, port and data, so its configuration cannot touch the shared broker; removed
+/// when dropped, whether the test passed or not).
+fn connections(node: &PrivateNode, name: &str) -> usize {
+    let out = node.rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "client_properties"]);
+    out.lines().filter(|line| line.contains(name)).count()
 }
 
-impl PrivateNode {
-    fn script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-node.sh")
-    }
-
-    /// Starts a node with `config` lines added to its `rabbitmq.conf`.
-    fn start(config: &[&str]) -> PrivateNode {
-        let id = uuid::Uuid::new_v4();
-        // The guard exists before the node does: a start that fails halfway is cleaned up too.
-        let mut node = PrivateNode { name: format!("rpc-mms-{}", &id.simple().to_string()[..12]), url: String::new() };
-        let mut tried = Vec::new();
-        for attempt in 0..5u128 {
-            // AMQP on PORT, Erlang distribution on PORT + 20000: both must be free.
-            let port = 30_000 + u16::try_from((id.as_u128() >> (attempt * 16)) % 15_000).unwrap_or(0);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
-                || std::net::TcpListener::bind(("127.0.0.1", port + 20_000)).is_err()
-            {
-                continue;
+/// `(ready, unacked)` of queue `name` on `node`, once both are 0 or after 10 s.
+async fn settled_counts(node: &PrivateNode, name: &str) -> (u64, u64) {
+    let started = Instant::now();
+    loop {
+        let out = node.rabbitmqctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        let counts = out.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [queue, ready, unacked] if queue == name => {
+                Some((ready.parse().unwrap_or(u64::MAX), unacked.parse().unwrap_or(u64::MAX)))
             }
-            let out = std::process::Command::new("bash")
-                .arg(Self::script())
-                .args(["start", &node.name, &port.to_string()])
-                .args(config)
-                .output()
-                .expect("bash scripts/rabbitmq-node.sh");
-            if out.status.success() {
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                node.url = stdout.lines().last().unwrap_or_default().trim().to_owned();
-                assert!(node.url.starts_with("amqp://"), "rabbitmq-node.sh printed {stdout:?}");
-                return node;
-            }
-            tried.push((port, String::from_utf8_lossy(&out.stderr).into_owned()));
+            _ => None,
+        });
+        let counts = counts.unwrap_or_else(|| panic!("no queue {name} on the private node: {out}"));
+        if counts == (0, 0) || started.elapsed() > Duration::from_secs(10) {
+            return counts;
         }
-        panic!("no private RabbitMQ node could start: {tried:?}");
-    }
-
-    /// `rabbitmqctl` against this node.
-    fn ctl(&self, args: &[&str]) -> String {
-        let node = format!("{}@localhost", self.name);
-        let mut all = vec!["-n", node.as_str()];
-        all.extend_from_slice(args);
-        rabbitmqctl(&all)
-    }
-
-    /// Its connections named `name`.
-    fn connections(&self, name: &str) -> usize {
-        let out = self.ctl(&["list_connections", "-q", "--no-table-headers", "client_properties"]);
-        out.lines().filter(|line| line.contains(name)).count()
-    }
-
-    /// `(ready, unacked)` of queue `name`, once both are 0 or after 10 s.
-    async fn settled_counts(&self, name: &str) -> (u64, u64) {
-        let started = Instant::now();
-        loop {
-            let out = self.ctl(&[
-                "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ]);
-            let counts = out.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-                [queue, ready, unacked] if queue == name => {
-                    Some((ready.parse().unwrap_or(u64::MAX), unacked.parse().unwrap_or(u64::MAX)))
-                }
-                _ => None,
-            });
-            let counts = counts.unwrap_or_else(|| panic!("no queue {name} on the private node: {out}"));
-            if counts == (0, 0) || started.elapsed() > Duration::from_secs(10) {
-                return counts;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for PrivateNode {
-    fn drop(&mut self) {
-        let stopped = std::process::Command::new("bash").arg(Self::script()).args(["stop", &self.name]).output();
-        if !stopped.as_ref().is_ok_and(|out| out.status.success()) {
-            eprintln!("stopping the private node {} failed: {stopped:?}", self.name);
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -190,26 +131,26 @@ async fn expect_refusal(client: &Rpc, method: &str, bytes: usize, code: &str, sa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_broker_with_a_small_max_message_size_large_replies_become_short_errors_and_one_that_cost_the_link_is_poison(
 ) {
-    let node = PrivateNode::start(&["max_message_size = 65536"]);
+    let node = PrivateNode::start_with(&["max_message_size = 65536"]);
     let client =
-        Rpc::builder().with_deadline(Duration::from_secs(30)).connect(&node.url).await.expect("client connects");
+        Rpc::builder().with_deadline(Duration::from_secs(30)).connect(node.url()).await.expect("client connects");
 
     // Server A: a 1 MB reply goes out on a channel of its own, which the broker closes; A keeps
     // its link, answers reply_too_large, and knows the broker's limit from then on.
     let (a_name, a_method) = (unique("rel-mms-a"), unique("rel-mms.big-a"));
-    let (a, a_runs) = big_server(&node.url, &a_name, &a_method).await;
+    let (a, a_runs) = big_server(node.url(), &a_name, &a_method).await;
     let a_queue = a.reply_queue();
     expect_refusal(&client, &a_method, 1_000_000, "reply_too_large", "max_message_size of 65536 bytes").await;
     expect_refusal(&client, &a_method, 100_000, "reply_too_large", "reply limit of 65536 bytes").await;
     assert_eq!(a.reply_queue(), a_queue, "server A kept its link");
-    assert_eq!(node.connections(&a_name), 1, "server A never reconnected");
+    assert_eq!(connections(&node, &a_name), 1, "server A never reconnected");
     assert_eq!(a_runs.load(Ordering::SeqCst), 2, "each request ran once");
 
     // Server B: a 100 KB reply, small enough for the serving channel, is refused there: the
     // broker closes the channel, B reconnects, the request comes back redelivered and is
     // answered `poison` instead of running (and costing the link) again.
     let (b_name, b_method) = (unique("rel-mms-b"), unique("rel-mms.big-b"));
-    let (b, b_runs) = big_server(&node.url, &b_name, &b_method).await;
+    let (b, b_runs) = big_server(node.url(), &b_name, &b_method).await;
     let b_queue = b.reply_queue();
     let took = expect_refusal(&client, &b_method, 100_000, "poison", "not run again").await;
     assert!(took < Duration::from_secs(20), "answered {took:?} after the call");
@@ -221,7 +162,7 @@ async fn against_a_broker_with_a_small_max_message_size_large_replies_become_sho
     assert_eq!(b.reply_queue(), b_queue, "and only once: it knows the broker's limit now");
 
     for (method, server) in [(&a_method, &a), (&b_method, &b)] {
-        assert_eq!(node.settled_counts(method).await, (0, 0), "{method}: every request acked exactly once");
+        assert_eq!(settled_counts(&node, method).await, (0, 0), "{method}: every request acked exactly once");
         let small = client.call::<String>(method, kwargs! { "bytes" => 10 }).await;
         assert_eq!(small.unwrap(), "x".repeat(10), "{method}: small replies still go through");
         server.close().await.expect("server closes");
