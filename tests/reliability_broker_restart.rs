@@ -69,21 +69,9 @@ async fn node_queue_counts(
 ) -> ((u64, u64, u64), bool) {
     let started = Instant::now();
     loop {
-        let out = node.rabbitmqctl(&[
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ]);
-        let counts = out
-            .lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .find(|fields| fields.first() == Some(&name))
-            .and_then(|f| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
-            .unwrap_or_else(|| panic!("expected queue {name} in rabbitmqctl list_queues, got {out:?}"));
+        let counts = node
+            .queue_counts(name)
+            .unwrap_or_else(|| panic!("expected queue {name} on the private node, it has none"));
         if ok(counts) || started.elapsed() > limit {
             return (counts, ok(counts));
         }

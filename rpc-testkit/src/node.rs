@@ -98,6 +98,27 @@ impl PrivateNode {
         crate::broker::rabbitmqctl(&all)
     }
 
+    /// `(ready, unacked, consumers)` of queue `name` (default vhost); `None` when the node has
+    /// no such queue.
+    ///
+    /// # Panics
+    /// When `rabbitmqctl` fails.
+    pub fn queue_counts(&self, name: &str) -> Option<(u64, u64, u64)> {
+        let out = self.rabbitmqctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ]);
+        out.lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&name))
+            .and_then(|f| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+    }
+
     /// SIGKILLs the node's Erlang VM (its data stays, for [`PrivateNode::restart`]).
     ///
     /// # Panics

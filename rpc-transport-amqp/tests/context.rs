@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{raw_reply_queue, rpc, unique};
@@ -18,9 +16,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use rpc_core::{kwargs, Context, HandlerError, RpcError};
 use rpc_macros::rpc_service;
+use rpc_testkit::services::counter::{AsyncCounter, AsyncCounterClient, Progress, SyncCounter, SyncCounterClient};
 use rpc_transport_amqp::{codec, wire, Codec, Rpc};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 /// What a handler saw of its call.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -63,60 +61,6 @@ impl Whoami {
     }
 }
 
-/// How far a counting handler got, and a signal when its work ended.
-#[derive(Default)]
-pub struct Progress {
-    steps: AtomicU32,
-    ended: Notify,
-}
-
-/// Drops with the handler's future (or its end), telling the test the work is over.
-struct EndSignal<'a>(&'a Progress);
-
-impl Drop for EndSignal<'_> {
-    fn drop(&mut self) {
-        self.0.ended.notify_one();
-    }
-}
-
-/// Counts 100 ms steps, asynchronously.
-pub struct AsyncCounter {
-    progress: Arc<Progress>,
-}
-
-#[rpc_service(name = "amqp_context_async_counter")]
-impl AsyncCounter {
-    /// `steps` steps of 100 ms, each counted when done.
-    pub async fn count(&self, steps: u32) -> u32 {
-        let _end = EndSignal(&self.progress);
-        for _ in 0..steps {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            self.progress.steps.fetch_add(1, Ordering::SeqCst);
-        }
-        steps
-    }
-}
-
-/// Counts 100 ms steps on the blocking pool, stopping when its call is cancelled.
-pub struct SyncCounter {
-    progress: Arc<Progress>,
-}
-
-#[rpc_service(name = "amqp_context_sync_counter")]
-impl SyncCounter {
-    /// `steps` steps of 100 ms, each counted when done; returns early once cancelled.
-    pub fn count(&self, ctx: &Context, steps: u32) -> u32 {
-        let _end = EndSignal(&self.progress);
-        for step in 0..steps {
-            if ctx.is_cancelled() {
-                return step;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            self.progress.steps.fetch_add(1, Ordering::SeqCst);
-        }
-        steps
-    }
-}
 
 #[tokio::test]
 async fn a_handler_reads_the_token_trace_id_and_deadline_its_typed_caller_sent_over_rabbitmq() {
@@ -191,19 +135,22 @@ async fn a_nested_call_inherits_the_trace_id_metadata_and_what_is_left_of_the_de
     server.close().await.unwrap();
 }
 
+/// Each counter's step.
+const STEP: Duration = Duration::from_millis(100);
+
 /// Waits for a counting handler's end signal, at most 10 s; how many steps it did.
 async fn steps_when_ended(progress: &Progress) -> u32 {
-    tokio::time::timeout(Duration::from_secs(10), progress.ended.notified())
+    tokio::time::timeout(Duration::from_secs(10), progress.ended())
         .await
         .expect("the handler's work ended within 10 s of its 600 ms deadline");
-    progress.steps.load(Ordering::SeqCst)
+    progress.steps()
 }
 
 #[tokio::test]
 async fn an_async_handler_is_dropped_at_its_callers_deadline_and_does_no_more_steps() {
-    let progress = Arc::new(Progress::default());
+    let progress = Progress::new(STEP);
     let (_c1, server) = rpc().await;
-    server.serve(AsyncCounter { progress: Arc::clone(&progress) }).await.unwrap();
+    server.serve(AsyncCounter::new(&progress)).await.unwrap();
     let (_c2, client_rpc) = rpc().await;
     let client = AsyncCounterClient::new(client_rpc).with_deadline(Duration::from_millis(600));
     let err = client.count(50).await.unwrap_err();
@@ -213,14 +160,14 @@ async fn an_async_handler_is_dropped_at_its_callers_deadline_and_does_no_more_st
     // 50 steps would take 5 s; at most 6 fit in the 600 ms the caller gave.
     assert!((1..=6).contains(&done), "the handler did {done} steps of 100 ms under a 600 ms deadline");
     server.close().await.unwrap();
-    assert_eq!(progress.steps.load(Ordering::SeqCst), done, "no step after the handler was dropped");
+    assert_eq!(progress.steps(), done, "no step after the handler was dropped");
 }
 
 #[tokio::test]
 async fn a_synchronous_handler_sees_its_callers_deadline_as_cancellation_and_stops() {
-    let progress = Arc::new(Progress::default());
+    let progress = Progress::new(STEP);
     let (_c1, server) = rpc().await;
-    server.serve(SyncCounter { progress: Arc::clone(&progress) }).await.unwrap();
+    server.serve(SyncCounter::new(&progress)).await.unwrap();
     let (_c2, client_rpc) = rpc().await;
     let client = SyncCounterClient::new(client_rpc).with_deadline(Duration::from_millis(600));
     let err = client.count(50).await.unwrap_err();
@@ -230,7 +177,7 @@ async fn a_synchronous_handler_sees_its_callers_deadline_as_cancellation_and_sto
     // It checks between steps: the step running at the deadline still completes.
     assert!((1..=7).contains(&done), "the handler did {done} steps of 100 ms under a 600 ms deadline");
     server.close().await.unwrap();
-    assert_eq!(progress.steps.load(Ordering::SeqCst), done, "no step after the handler returned");
+    assert_eq!(progress.steps(), done, "no step after the handler returned");
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,78 +14,10 @@ use rpc_core::layer::auth::AuthLayer;
 use rpc_core::layer::trace::TraceLayer;
 use rpc_core::{Context, Registry};
 use rpc_macros::rpc_service;
+use rpc_testkit::services::counter::{AsyncCounter, AsyncCounterClient, Progress, SyncCounter, SyncCounterClient};
 use rpc_transport_tcp::{Consumer, ConsumerConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-
-/// How far a counting handler got, and a signal when its work ended.
-#[derive(Default)]
-pub struct Progress {
-    steps: AtomicU32,
-    ended: Notify,
-}
-
-impl Progress {
-    fn steps(&self) -> u32 {
-        self.steps.load(Ordering::SeqCst)
-    }
-
-    /// Waits until the handler has counted `n` steps.
-    async fn reached(&self, n: u32) {
-        while self.steps() < n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Drops with the handler's future (or at its end), telling the test the work is over.
-struct EndSignal<'a>(&'a Progress);
-
-impl Drop for EndSignal<'_> {
-    fn drop(&mut self) {
-        self.0.ended.notify_one();
-    }
-}
-
-/// Counts 50 ms steps, asynchronously.
-pub struct AsyncCounter {
-    progress: Arc<Progress>,
-}
-
-#[rpc_service(name = "async_counter")]
-impl AsyncCounter {
-    /// `steps` steps of 50 ms, each counted when done.
-    pub async fn count(&self, steps: u32) -> u32 {
-        let _end = EndSignal(&self.progress);
-        for _ in 0..steps {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.progress.steps.fetch_add(1, Ordering::SeqCst);
-        }
-        steps
-    }
-}
-
-/// Counts 50 ms steps on the blocking pool, stopping when its call is cancelled.
-pub struct SyncCounter {
-    progress: Arc<Progress>,
-}
-
-#[rpc_service(name = "sync_counter")]
-impl SyncCounter {
-    /// `steps` steps of 50 ms, each counted when done; returns early once cancelled.
-    pub fn count(&self, ctx: &Context, steps: u32) -> u32 {
-        let _end = EndSignal(&self.progress);
-        for step in 0..steps {
-            if ctx.is_cancelled() {
-                return step;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            self.progress.steps.fetch_add(1, Ordering::SeqCst);
-        }
-        steps
-    }
-}
 
 /// Reports the trace id its call carries.
 pub struct Tracer;
@@ -99,11 +30,14 @@ impl Tracer {
     }
 }
 
+/// Each counter's step.
+const STEP: Duration = Duration::from_millis(50);
+
 fn counters() -> (Registry, Arc<Progress>, Arc<Progress>) {
-    let (a, s) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
+    let (a, s) = (Progress::new(STEP), Progress::new(STEP));
     let registry = Registry::new()
-        .with(AsyncCounter { progress: Arc::clone(&a) })
-        .and_then(|r| r.with(SyncCounter { progress: Arc::clone(&s) }))
+        .with(AsyncCounter::new(&a))
+        .and_then(|r| r.with(SyncCounter::new(&s)))
         .expect("distinct, unreserved service names");
     (registry, a, s)
 }
@@ -126,7 +60,7 @@ async fn call_and_leave(addr: SocketAddr, line: &str, progress: &Progress, reset
 /// Waits for the handler's end, then checks it counted far fewer than its 100 steps and
 /// counts no more.
 async fn assert_stopped(progress: &Progress) {
-    within(10, progress.ended.notified()).await;
+    within(10, progress.ended()).await;
     let at_end = progress.steps();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = progress.steps();

@@ -63,21 +63,9 @@ fn connections(node: &PrivateNode, name: &str) -> usize {
 async fn settled_counts(node: &PrivateNode, name: &str) -> (u64, u64) {
     let started = Instant::now();
     loop {
-        let out = node.rabbitmqctl(&[
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ]);
-        let counts = out.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-            [queue, ready, unacked] if queue == name => {
-                Some((ready.parse().unwrap_or(u64::MAX), unacked.parse().unwrap_or(u64::MAX)))
-            }
-            _ => None,
-        });
-        let counts = counts.unwrap_or_else(|| panic!("no queue {name} on the private node: {out}"));
+        let (ready, unacked, _) =
+            node.queue_counts(name).unwrap_or_else(|| panic!("no queue {name} on the private node"));
+        let counts = (ready, unacked);
         if counts == (0, 0) || started.elapsed() > Duration::from_secs(10) {
             return counts;
         }

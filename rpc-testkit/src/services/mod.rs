@@ -4,9 +4,11 @@
 #![allow(unused_imports)]
 
 pub mod calculator;
+pub mod counter;
 pub mod neural_net;
 
 pub use calculator::{Calculator, CalculatorClient};
+pub use counter::{AsyncCounter, AsyncCounterClient, Progress, SyncCounter, SyncCounterClient};
 pub use neural_net::{Architecture, NeuralNet, NeuralNetClient, Prediction};
 
 use rpc::core::{BlockingPool, Registry};
