@@ -160,7 +160,7 @@ pub(crate) async fn return_loop(link: Arc<Link>, pending: Arc<Pending>) {
             return;
         }
         // A dead channel is noticed (and reported) by the reply loop.
-        let Ok(returned) = link.client.wait_for_confirms().await else { return };
+        let Ok(returned) = link.requests().wait_for_confirms().await else { return };
         for message in returned {
             match message.delivery.properties.correlation_id() {
                 Some(id) => pending.fail(id.as_str(), unroutable(&message)),
@@ -244,8 +244,10 @@ async fn publish_and_wait(
     }
     let deadline_ms = wire::now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms, &context);
+    // Held until the confirm comes: a channel the link has replaced meanwhile stays open for it.
+    let channel = link.requests();
     let publish = async {
-        link.client
+        channel
             .basic_publish(
                 "".into(),
                 key,
@@ -258,7 +260,10 @@ async fn publish_and_wait(
     };
     match tokio::time::timeout_at(deadline, publish).await {
         Err(_) => return Err(RpcError::deadline(method, timeout)),
-        Ok(Err(e)) => return Err(RpcError::transport(format!("{method}: publishing the request: {e}"), e)),
+        Ok(Err(e)) => {
+            link.publish_failed(&channel, &e);
+            return Err(RpcError::transport(format!("{method}: publishing the request: {e}"), e));
+        }
         Ok(Ok(confirmation)) => {
             let nack = confirmation.is_nack();
             if let Some(returned) = confirmation.take_message() {
@@ -273,6 +278,10 @@ async fn publish_and_wait(
                 }
             }
             if nack {
+                // The nack fails this call only; the channel may be what refuses (see
+                // `link::Requests`), so later calls go out on a fresh one.
+                let link = Arc::clone(&link);
+                tokio::spawn(async move { link.renew_requests(&channel).await });
                 return Err(RpcError::Unavailable {
                     target: method.to_owned(),
                     reason: "the broker refused the request (nack)".into(),

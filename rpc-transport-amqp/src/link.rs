@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -18,6 +19,7 @@ use lapin::uri::AMQPUri;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::mpsc;
+use tracing::{debug, info};
 
 use crate::error::ScrubbedError;
 use crate::{wire, Error, RpcConfig};
@@ -49,7 +51,8 @@ pub(crate) struct Link {
     pub(crate) generation: u64,
     /// The connection, when the `Rpc` opened it itself (and so closes and reopens it).
     connection: Option<Connection>,
-    /// Publishes requests (with confirms), consumes replies.
+    /// Consumes replies; requests go out on [`Link::requests`], this channel until the broker
+    /// nacks one.
     pub(crate) client: Channel,
     /// Consumes method queues (with prefetch), publishes replies (confirmed only when it is
     /// also the client channel). The same channel as `client` for an `Rpc` created on a
@@ -69,6 +72,28 @@ pub(crate) struct Link {
     /// Set once the link is known dead.
     dead: AtomicBool,
     reports: Reports,
+    /// The channel requests are published on.
+    requests: Mutex<Requests>,
+    /// Whether request channels are in confirm mode.
+    confirms: bool,
+    /// The least time between two replacements of the request channel.
+    renew_spacing: Duration,
+}
+
+/// The channel requests are published on, and when its last replacement was started.
+///
+/// RabbitMQ keeps, per channel and quorum queue, whom it sends publishes to. A channel whose
+/// first publish to a quorum queue comes while the queue's metadata still names a leader on a
+/// dead node (a client reconnected to another node within a few hundred milliseconds of that
+/// node's death, before the new leader is recorded) is refused there, and every later publish
+/// on it to that queue is refused (nacked) too until the channel closes or that node is back:
+/// the broker (3.10's `rabbit_fifo_client`) asks only the dead node again. A fresh channel reads
+/// the metadata again, so a nack makes the link publish on a fresh channel
+/// ([`Link::renew_requests`]).
+struct Requests {
+    channel: Channel,
+    /// When the last replacement started; `None` before the first.
+    renewed: Option<Instant>,
 }
 
 /// The claim on a method queue of a link, taken before the awaits that start its consumer, so
@@ -235,6 +260,9 @@ impl Link {
         let link = Link {
             generation,
             connection,
+            requests: Mutex::new(Requests { channel: client.clone(), renewed: None }),
+            confirms: config.publisher_confirms,
+            renew_spacing: config.reconnect_delay,
             client,
             server,
             reply_queue,
@@ -297,6 +325,60 @@ impl Link {
 
     fn lock_consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The channel to publish requests on. Calls hold it until their request is confirmed: a
+    /// replaced channel closes when its last holder drops it.
+    pub(crate) fn requests(&self) -> Channel {
+        self.lock_requests().channel.clone()
+    }
+
+    /// After the broker nacked a request published on `nacked`: requests go out on a fresh
+    /// channel from now on, unless `nacked` has been replaced already, or a replacement started
+    /// less than `reconnect_delay` ago (a nack that means what it says, a queue refusing
+    /// publishes, does not churn channels). Does nothing on a caller's channel (no connection to
+    /// open one on). A failure to open the channel is left to the loops that watch the link.
+    pub(crate) async fn renew_requests(&self, nacked: &Channel) {
+        let Some(connection) = &self.connection else { return };
+        {
+            let mut requests = self.lock_requests();
+            if requests.channel.id() != nacked.id()
+                || requests.renewed.is_some_and(|at| at.elapsed() < self.renew_spacing)
+            {
+                return;
+            }
+            requests.renewed = Some(Instant::now());
+        }
+        let opened = async {
+            let channel = connection.create_channel().await?;
+            if self.confirms {
+                channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            }
+            Ok::<_, lapin::Error>(channel)
+        };
+        match opened.await {
+            Ok(channel) => {
+                info!(
+                    generation = self.generation,
+                    "the broker nacked a request: publishing requests on a fresh channel"
+                );
+                self.lock_requests().channel = channel;
+            }
+            Err(e) => debug!(error = %e, "opening a fresh request channel failed"),
+        }
+    }
+
+    /// A publish on `channel` failed with `error`. A request channel of its own that the broker
+    /// closed takes the link down, as the client channel closing does (the reply loop reports
+    /// that one, from its consumer).
+    pub(crate) fn publish_failed(&self, channel: &Channel, error: &lapin::Error) {
+        if channel.id() != self.client.id() && !channel.status().connected() {
+            self.report_lost(error.to_string());
+        }
+    }
+
+    fn lock_requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks the link dead and tells the session why; only the first report is sent.

@@ -139,3 +139,115 @@ async fn past_the_delivery_limit_the_caller_gets_the_request_back() {
     let _ = std::process::Command::new("rabbitmqctl").args(["-q", "clear_policy", "-p", &uri.vhost, &policy]).output();
     delete_queue(&method).await;
 }
+
+/// Channel numbers the broker lists for the connections named `name`.
+fn channel_numbers(name: &str) -> Vec<u32> {
+    let pids = common::broker_connections(name);
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_channels", "--no-table-headers", "connection", "number"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let mut numbers: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (connection, number) = line.split_once('\t')?;
+            pids.iter().any(|pid| pid == connection).then(|| number.trim().parse().ok())?
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// A quorum queue that refuses publishes (full, `overflow: reject-publish`) nacks requests: each
+/// fails its own call at once with `Unavailable`, the link then publishes on a fresh channel
+/// (one more at most: the reply and serving channels stay), and neither a call waiting for its
+/// reply meanwhile nor the calls after the refusal are disturbed by it.
+#[tokio::test]
+async fn a_nacked_request_fails_only_its_call_and_later_calls_go_out_on_a_fresh_channel() {
+    let uri: lapin::uri::AMQPUri = common::url().parse().expect("RABBITMQ_URL parses");
+    let method = common::unique("quorum-nack");
+    let slow = common::unique("quorum-nack-slow");
+    let policy = common::unique("rpc-test-full");
+    let server = Rpc::builder().with_quorum_queues(true).connect(&common::url()).await.expect("connect");
+    echo(&server, &method).await.expect("register");
+    server.unregister(&method).await.expect("unregister: the queue stays, nobody consumes it");
+    server
+        .register_async(&slow, |a: serde_json::Value| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok::<_, std::convert::Infallible>(a)
+        })
+        .await
+        .expect("register");
+    let set = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "set_policy", "-p", &uri.vhost, "--apply-to", "queues", &policy])
+        .arg(format!("^{method}$"))
+        .arg(r#"{"max-length": 1, "overflow": "reject-publish"}"#)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(set.status.success(), "set_policy: {}", String::from_utf8_lossy(&set.stderr));
+    // Filled past its limit (the broker refuses publishes over it, not at it) from another
+    // connection: the client's first publish to it is refused.
+    let (conn, channel) = common::channel().await;
+    for _ in 0..2 {
+        channel
+            .basic_publish(
+                "".into(),
+                method.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                b"{}",
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+    }
+    while common::queue_state(&method).await.0 < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+
+    let client = Rpc::builder()
+        .with_connection_name(method.clone())
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .connect(&common::url())
+        .await
+        .expect("connect");
+    let before = channel_numbers(&method);
+    let waiting = {
+        let (client, slow) = (client.clone(), slow.clone());
+        tokio::spawn(async move { client.call::<serde_json::Value>(&slow, kwargs! { "n" => 0 }).await })
+    };
+    for n in 1..=10 {
+        let started = std::time::Instant::now();
+        let err = client.call::<serde_json::Value>(&method, kwargs! { "n" => n }).await.expect_err("the queue is full");
+        assert!(
+            matches!(&err, RpcError::Unavailable { reason, .. } if reason.contains("nack")),
+            "expected a nack, got {err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "a nack fails the call at once");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let after = channel_numbers(&method);
+    println!("the client's channels before the nacks: {before:?}, after: {after:?}");
+    assert!(before.iter().all(|n| after.contains(n)), "the reply and serving channels stay: {before:?} -> {after:?}");
+    assert_eq!(after.len(), before.len() + 1, "one fresh request channel, the replaced ones closed: {after:?}");
+    assert!(!waiting.is_finished(), "the slow call is still waiting for its reply");
+    let answered = waiting.await.expect("task").expect("the slow call is answered across the nacks");
+    assert_eq!(answered["n"], 0);
+
+    let cleared =
+        std::process::Command::new("rabbitmqctl").args(["-q", "clear_policy", "-p", &uri.vhost, &policy]).output();
+    assert!(cleared.is_ok_and(|o| o.status.success()), "clear_policy");
+    echo(&server, &method).await.expect("register again");
+    // The two requests without `reply_to` are acked and dropped.
+    while common::queue_state(&method).await.0 > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 11..21 {
+        let echoed: serde_json::Value = client.call(&method, kwargs! { "n" => n }).await.expect("call after the nacks");
+        assert_eq!(echoed["n"], n);
+    }
+    client.close().await.unwrap();
+    server.close().await.unwrap();
+    delete_queue(&method).await;
+    delete_queue(&slow).await;
+}
