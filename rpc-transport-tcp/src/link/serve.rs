@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +28,22 @@ use crate::frame::{self, RequestLine};
 use crate::server::Respond;
 use crate::Error;
 
-/// The calls running on one link, by request id; cancelled when the link ends.
+/// The calls running on one link, by request id; cancelled when the link ends (also when the
+/// serving task is aborted, as the link's end drops this).
 #[derive(Default)]
 struct Running {
     by_request: HashMap<u64, Context>,
     by_task: HashMap<tokio::task::Id, u64>,
+    /// Set, before the calls are cancelled, when the link is over: a call that ends after it
+    /// sends no reply. A call the link's end cancelled would answer `cancelled`, and the
+    /// Producer would take that for the task's answer instead of failing the task over to
+    /// another Consumer.
+    over: Arc<AtomicBool>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.over.store(true, Ordering::SeqCst);
         for ctx in self.by_request.values() {
             ctx.cancel();
         }
@@ -89,9 +97,12 @@ pub(crate) async fn serve<R: Respond>(
                     match accept(request, &limits, stopping, full) {
                         Ok((id, line, ctx)) => {
                             let (responder, out, task_ctx) = (Arc::clone(&responder), out.clone(), ctx.clone());
+                            let over = Arc::clone(&running.over);
                             let handle = tasks.spawn(async move {
                                 let reply = responder.respond(line, peer, task_ctx).await;
-                                let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes());
+                                if !over.load(Ordering::SeqCst) {
+                                    let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes());
+                                }
                             });
                             running.by_task.insert(handle.id(), id);
                             if let Some(old) = running.by_request.insert(id, ctx) {
@@ -201,3 +212,4 @@ fn accept(
     }
     Ok((id, line, ctx))
 }
+
