@@ -213,3 +213,62 @@ fn accept(
     Ok((id, line, ctx))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Answers once its call is cancelled, without returning to the runtime until then
+    /// (`block_in_place`): an abort of its task cannot stop it between the cancellation and
+    /// its reply.
+    struct AnswersWhenCancelled;
+
+    impl Respond for AnswersWhenCancelled {
+        async fn respond(&self, _: RequestLine, _: Option<SocketAddr>, ctx: Context) -> Vec<u8> {
+            tokio::task::block_in_place(|| {
+                while !ctx.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            frame::encode_error(&RpcError::Cancelled { target: "probe.hold".into() })
+        }
+    }
+
+    /// A link whose serving task is aborted (its Consumer killed) with a call in flight sends
+    /// no reply for it: the Producer sees the link break and fails the task over, where a
+    /// `cancelled` reply would read as the task's answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_aborted_with_a_call_in_flight_sends_no_reply_for_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut producer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let serving = tokio::spawn(serve(
+            "consumer",
+            stream,
+            Vec::new(),
+            Arc::new(AnswersWhenCancelled),
+            Limits::default(),
+            stopped,
+            None,
+        ));
+        let request = RequestFrame { id: 7, line: b"probe hold".to_vec(), ..RequestFrame::default() };
+        producer.write_all(&Frame::Request(request).to_bytes()).await.unwrap();
+        // The call is running before the abort.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        serving.abort();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), producer.read_to_end(&mut rest))
+            .await
+            .expect("the link closes")
+            .expect("reading the link");
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((frame, used))) = codec::decode(&rest[at..], usize::MAX) {
+            frames.push(frame);
+            at += used;
+        }
+        assert!(frames.is_empty(), "expected no frame after the abort, got {frames:?}");
+    }
+}
