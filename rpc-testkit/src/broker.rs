@@ -220,6 +220,30 @@ fn sweep_dead_vhosts() {
     }
 }
 
+/// `(ready, unacked, consumers)` of queue `name` as `rabbitmqctl` sees it; `target` picks the
+/// node and vhost (e.g. `["-p", vhost]`, `["-n", "node@localhost"]`). `None` when there is no
+/// such queue.
+///
+/// # Panics
+/// When `rabbitmqctl` fails.
+pub fn queue_counts(target: &[&str], name: &str) -> Option<(u64, u64, u64)> {
+    let mut args = vec!["list_queues"];
+    args.extend_from_slice(target);
+    args.extend([
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+    ]);
+    let out = rabbitmqctl(&args);
+    out.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&name))
+        .and_then(|f| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+}
+
 /// The vhost an AMQP URL names: its percent-decoded path, `/` when there is none.
 pub fn vhost_of(url: &str) -> String {
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);

@@ -104,19 +104,8 @@ impl PrivateNode {
     /// # Panics
     /// When `rabbitmqctl` fails.
     pub fn queue_counts(&self, name: &str) -> Option<(u64, u64, u64)> {
-        let out = self.rabbitmqctl(&[
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ]);
-        out.lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .find(|fields| fields.first() == Some(&name))
-            .and_then(|f| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+        let node = format!("{}@localhost", self.name);
+        crate::broker::queue_counts(&["-n", &node], name)
     }
 
     /// SIGKILLs the node's Erlang VM (its data stays, for [`PrivateNode::restart`]).

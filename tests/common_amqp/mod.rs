@@ -64,27 +64,9 @@ pub async fn queue_counts(name: &str) -> QueueCounts {
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
         let vhost = vhost_of(&url());
-        let out = rabbitmqctl(&[
-            "list_queues",
-            "-p",
-            &vhost,
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ]);
-        for line in out.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if let [queue, ready, unacked, consumers] = fields[..] {
-                if queue == name {
-                    let n = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("rabbitmqctl printed {line:?}"));
-                    return QueueCounts { ready: n(ready), unacked: n(unacked), consumers: n(consumers) };
-                }
-            }
-        }
-        panic!("queue {name} not found by rabbitmqctl list_queues");
+        let (ready, unacked, consumers) = rpc_testkit::broker::queue_counts(&["-p", &vhost], &name)
+            .unwrap_or_else(|| panic!("queue {name} not found by rabbitmqctl list_queues"));
+        QueueCounts { ready, unacked, consumers }
     })
     .await
     .expect("rabbitmqctl task")
