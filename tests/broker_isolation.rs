@@ -142,5 +142,8 @@ fn no_test_reads_the_shared_broker_url_itself() {
         .filter(|path| std::fs::read_to_string(path).is_ok_and(|text| text.contains(&needle)))
         .map(|path| path.strip_prefix(root).unwrap_or(path).display().to_string())
         .collect();
-    assert!(readers.is_empty(), "expected every test to take its broker URL from rpc_testkit, these read it: {readers:?}");
+    assert!(
+        readers.is_empty(),
+        "expected every test to take its broker URL from rpc_testkit, these read it: {readers:?}"
+    );
 }

@@ -69,9 +69,8 @@ async fn node_queue_counts(
 ) -> ((u64, u64, u64), bool) {
     let started = Instant::now();
     loop {
-        let counts = node
-            .queue_counts(name)
-            .unwrap_or_else(|| panic!("expected queue {name} on the private node, it has none"));
+        let counts =
+            node.queue_counts(name).unwrap_or_else(|| panic!("expected queue {name} on the private node, it has none"));
         if ok(counts) || started.elapsed() > limit {
             return (counts, ok(counts));
         }

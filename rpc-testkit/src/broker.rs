@@ -229,14 +229,7 @@ fn sweep_dead_vhosts() {
 pub fn queue_counts(target: &[&str], name: &str) -> Option<(u64, u64, u64)> {
     let mut args = vec!["list_queues"];
     args.extend_from_slice(target);
-    args.extend([
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-        "consumers",
-    ]);
+    args.extend(["-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged", "consumers"]);
     let out = rabbitmqctl(&args);
     out.lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())

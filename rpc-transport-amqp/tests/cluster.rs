@@ -7,9 +7,10 @@
 //! With a classic method queue, node 2 (the queue's node and a server's) is SIGKILLed, started
 //! again, then node 1 (the client's). With a quorum method queue, requests wait in the queue
 //! while its leader's node is SIGKILLed, and are served afterwards; then the load runs again
-//! with the client on the node that leads the queue now, and that node is SIGKILLed. Every call must end in its own result or an error within its
-//! deadline, none may hang, every `Rpc` reconnects by itself, and calls succeed again within
-//! seconds. The counts are printed (`--nocapture`) and asserted.
+//! with the client on the node that leads the queue now, and that node is SIGKILLed. Every
+//! call must end in its own result or an error within its deadline, none may hang, every `Rpc`
+//! reconnects by itself, and calls succeed again within seconds. The counts are printed
+//! (`--nocapture`) and asserted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

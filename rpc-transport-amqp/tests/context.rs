@@ -61,7 +61,6 @@ impl Whoami {
     }
 }
 
-
 #[tokio::test]
 async fn a_handler_reads_the_token_trace_id_and_deadline_its_typed_caller_sent_over_rabbitmq() {
     let (_c1, server) = rpc().await;

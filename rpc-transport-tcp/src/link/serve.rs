@@ -213,7 +213,6 @@ fn accept(
     Ok((id, line, ctx))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
