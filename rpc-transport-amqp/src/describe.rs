@@ -76,6 +76,8 @@ impl Catalog {
 /// consumer ends (the link dies or the `Rpc` closes).
 pub(crate) async fn serve_describe(catalog: Arc<Catalog>, link: Arc<Link>, mut requests: Consumer) {
     while let Some(Ok(delivery)) = requests.next().await {
+        // A no-ack delivery on the serving channel: it still takes a delivery tag.
+        link.acks.skip(delivery.delivery_tag);
         let props = &delivery.properties;
         let Some(reply_to) = props.reply_to().clone() else {
             debug!("describe request without reply_to dropped");

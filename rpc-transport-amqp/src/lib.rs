@@ -53,6 +53,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod acks;
 mod client;
 // `codec`, `config` and `wire` stay reachable for this crate's tests and benchmarks, hidden
 // from the documented API; users reach the types they need from the root.

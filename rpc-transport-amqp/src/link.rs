@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::{
@@ -21,6 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::acks::Acks;
 use crate::error::ScrubbedError;
 use crate::{wire, Error, RpcConfig};
 
@@ -78,6 +79,8 @@ pub(crate) struct Link {
     confirms: bool,
     /// The least time between two replacements of the request channel.
     renew_spacing: Duration,
+    /// Settles the requests taken on `server`; coalesces acks when the channel is ours alone.
+    pub(crate) acks: Arc<Acks>,
 }
 
 /// The channel requests are published on, and when its last replacement was started.
@@ -130,6 +133,12 @@ impl Drop for Claim<'_> {
         if matches!(consumers.get(&self.name), Some(Slot::Starting(id)) if *id == self.id) {
             consumers.remove(&self.name);
         }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.acks.shut();
     }
 }
 
@@ -257,7 +266,9 @@ impl Link {
         reports: Reports,
     ) -> Result<(Link, Consumer), Error> {
         let (reply_queue, consumer) = Self::declare(connection.as_ref(), &client, &server, config).await?;
+        let acks = Acks::start(server.clone(), connection.is_some());
         let link = Link {
+            acks,
             generation,
             connection,
             requests: Mutex::new(Requests { channel: client.clone(), renewed: None }),
@@ -388,9 +399,11 @@ impl Link {
         }
     }
 
-    /// Marks the link dead without reporting it (the session retiring it itself).
+    /// Marks the link dead without reporting it (the session retiring it itself). Settlements
+    /// already made are still written, if the channel is alive.
     pub(crate) fn retire(&self) {
         self.dead.store(true, Ordering::Release);
+        self.acks.shut();
     }
 
     /// Whether the link is alive: not reported dead, and its channels open as far as lapin

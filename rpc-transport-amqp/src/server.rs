@@ -1,4 +1,5 @@
-//! The serving side: one consumer per method queue, one task per request, reply then ack.
+//! The serving side: one consumer per method queue, one task per request, reply then ack
+//! (acks coalesced by the link's [`Acks`](crate::acks::Acks)).
 //!
 //! What must stay true: every delivery is acked (or rejected) exactly once, whatever it
 //! carries; nothing a request contains can end the consumer loop; every reply is made by
@@ -21,7 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Consumer};
 use rpc_core::layer::{self, ServerStack};
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneSyncService;
 use tracing::{debug, error, info, warn};
 
+use crate::acks::Settle;
 use crate::codec::error_body;
 use crate::config::{BodyLimit, DIRECT_REPLY_MAX};
 use crate::link::Link;
@@ -246,10 +248,7 @@ pub(crate) async fn serve_queue(
                     let guard = serving.inflight_guard();
                     let (serving, link, name) = (Arc::clone(&serving), Arc::clone(&link), name.clone());
                     let handler = Arc::clone(&registration.handler);
-                    tokio::spawn(async move {
-                        handle(&serving, &link, &name, &handler, delivery).await;
-                        drop(guard);
-                    });
+                    tokio::spawn(async move { handle(&serving, &link, &name, &handler, delivery, guard).await });
                 }
                 Err(e) => {
                     warn!(method = %name, error = %e, "method consumer failed");
@@ -307,15 +306,25 @@ async fn resume(serving: &Serving, link: &Link, name: &str, registration: &Regis
     }
 }
 
-/// Answers one request taken from method queue `name`, then acks it.
-async fn handle(serving: &Serving, link: &Link, name: &str, handler: &Arc<dyn Handler>, delivery: Delivery) {
+/// Answers one request taken from method queue `name`, then settles it (acks it, or rejects
+/// it when no reply could be published) through the link's [`Acks`]; `guard` is released
+/// once that is written.
+async fn handle(
+    serving: &Serving,
+    link: &Link,
+    name: &str,
+    handler: &Arc<dyn Handler>,
+    delivery: Delivery,
+    guard: InflightGuard,
+) {
+    let settle = |how: Settle| link.acks.settle(delivery.delivery_tag, how, Box::new(guard));
     let target = handler.target();
     let props = &delivery.properties;
     let Some(reply_to) = props.reply_to().clone() else {
         // Nobody could read an answer; running it anyway would be work for no one. aio-pika
         // does the same: log, ack, drop.
         warn!(method = %target, "request without reply_to dropped (acked, not run)");
-        ack(&delivery, target).await;
+        settle(Settle::Ack);
         return;
     };
     let casualties = &serving.casualties;
@@ -344,25 +353,19 @@ async fn handle(serving: &Serving, link: &Link, name: &str, handler: &Arc<dyn Ha
         let refusal = Reply::new(reply.codec, Err(refused(target, &reply, reason)), target, limit);
         published = publish(link, &reply_to, &delivery, &refusal).await;
     }
-    match published {
+    let why = match published {
         Published::Done => {
             casualties.answered(key);
-            ack(&delivery, target).await;
+            return settle(Settle::Ack);
         }
-        Published::Refused(reason) => reject(&delivery, target, &reply_to, &reason).await,
-        Published::Failed(e) => reject(&delivery, target, &reply_to, &e.to_string()).await,
-    }
-}
-
-/// Rejects a request whose reply could not be published.
-async fn reject(delivery: &Delivery, target: &str, reply_to: &ShortString, why: &str) {
+        Published::Refused(reason) => reason,
+        Published::Failed(e) => e.to_string(),
+    };
     // As aio-pika: reject without requeue, so the request is dead-lettered back to the caller
-    // (who sees it as expired) rather than looping. When the channel itself is gone this fails
-    // too and the broker requeues the request for another server.
+    // (who sees it as expired) rather than looping. When the channel itself is gone the reject
+    // fails too and the broker requeues the request for another server.
     warn!(method = %target, reply_to = %reply_to, error = %why, "publishing the reply failed; rejecting the request");
-    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-        debug!(method = %target, error = %e, "reject failed (channel gone; the broker requeues)");
-    }
+    settle(Settle::Reject);
 }
 
 /// What became of a reply.
@@ -511,12 +514,6 @@ fn display_len(error: &RpcError) -> usize {
     let mut count = Count(0);
     let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{error}"));
     count.0
-}
-
-async fn ack(delivery: &Delivery, target: &str) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        debug!(method = %target, error = %e, "ack failed (channel gone; the broker requeues)");
-    }
 }
 
 /// The codec a request is answered in, or why it cannot be read.

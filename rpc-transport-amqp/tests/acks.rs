@@ -1,0 +1,160 @@
+//! Coalesced acks (`src/acks.rs`) against the real broker: every request is settled exactly
+//! once (a tag named twice would close the serving channel), and a slow request holds back no
+//! other request's prefetch slot.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use rpc_core::kwargs;
+use rpc_transport_amqp::Rpc;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Nap {
+    ms: u64,
+    fail: bool,
+}
+
+/// `(ready, unacked)` of method queue `name` in this process's vhost, once both are zero or
+/// `wait` has passed.
+async fn settled(name: &str, wait: Duration) -> (u64, u64) {
+    let vhost = rpc_testkit::broker::vhost();
+    let started = Instant::now();
+    loop {
+        let name = name.to_owned();
+        let vhost = vhost.clone();
+        let (ready, unacked, _) = tokio::task::spawn_blocking(move || {
+            rpc_testkit::broker::queue_counts(&["-p", &vhost], &name).expect("the method queue exists")
+        })
+        .await
+        .expect("rabbitmqctl");
+        if (ready == 0 && unacked == 0) || started.elapsed() > wait {
+            return (ready, unacked);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_answered_out_of_order_is_settled_exactly_once() {
+    let url = common::url();
+    let server = Rpc::builder().with_prefetch(64).connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let method = common::unique("acks.nap");
+    server
+        .register_async(&method, |n: Nap| async move {
+            tokio::time::sleep(Duration::from_millis(n.ms)).await;
+            if n.fail {
+                Err(rpc_core::RpcError::Handler {
+                    target: "nap".into(),
+                    code: Some("failed".into()),
+                    message: "asked to".into(),
+                    data: None,
+                })
+            } else {
+                Ok(n.ms)
+            }
+        })
+        .await
+        .expect("register");
+    // Delays from 0 to 30 ms in a scrambled order: replies (and so settlements) come out of
+    // delivery order all the time; one in seven is an error reply, acked all the same.
+    let calls = (0..600u64).map(|i| {
+        let (client, method) = (client.clone(), method.clone());
+        async move {
+            let ms = (i * 7919) % 31;
+            let fail = i % 7 == 0;
+            let outcome = client.call::<u64>(&method, kwargs! {"ms" => ms, "fail" => fail}).await;
+            (fail, outcome.map_err(|e| e.to_string()))
+        }
+    });
+    let outcomes = join_all(calls).await;
+    for (fail, outcome) in &outcomes {
+        assert_eq!(outcome.is_err(), *fail, "{outcome:?}");
+    }
+    assert!(server.is_connected() && client.is_connected(), "no channel was closed by the broker");
+    let (ready, unacked) = settled(&method, Duration::from_secs(10)).await;
+    assert_eq!((ready, unacked), (0, 0), "every request acked");
+    // The channel still serves (a tag named twice would have closed it).
+    assert_eq!(client.call::<u64>(&method, kwargs! {"ms" => 1, "fail" => false}).await.unwrap(), 1);
+    client.close().await.expect("client closes");
+    server.close().await.expect("server closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_holds_back_no_other_requests_prefetch_slot() {
+    let url = common::url();
+    // Two slots: the slow request takes one, every quick one goes through the other, which is
+    // free again only once the quick request before it is acked, while the slow one (delivered
+    // first, so with a lower tag) still runs.
+    let server = Rpc::builder().with_prefetch(2).connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let method = common::unique("acks.slow");
+    let slow_done = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&slow_done);
+    server
+        .register_async(&method, move |n: Nap| {
+            let done = Arc::clone(&done);
+            async move {
+                tokio::time::sleep(Duration::from_millis(n.ms)).await;
+                if n.ms >= 1000 {
+                    done.store(true, Ordering::SeqCst);
+                }
+                Ok::<_, std::convert::Infallible>(n.ms)
+            }
+        })
+        .await
+        .expect("register");
+    let slow = {
+        let (client, method) = (client.clone(), method.clone());
+        tokio::spawn(async move { client.call::<u64>(&method, kwargs! {"ms" => 8000, "fail" => false}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(client.call::<u64>(&method, kwargs! {"ms" => 1, "fail" => false}).await.unwrap(), 1);
+    }
+    let took = started.elapsed();
+    assert!(!slow_done.load(Ordering::SeqCst), "the slow request was still running");
+    assert!(took < Duration::from_secs(5), "20 quick calls beside a slow one took {took:?}");
+    assert_eq!(slow.await.expect("slow call task").expect("slow call"), 8000);
+    assert_eq!(settled(&method, Duration::from_secs(10)).await, (0, 0), "every request acked");
+    client.close().await.expect("client closes");
+    server.close().await.expect("server closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_writes_the_acks_of_the_requests_it_waited_for() {
+    let url = common::url();
+    let server = Rpc::builder().with_prefetch(32).connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let method = common::unique("acks.close");
+    server
+        .register_async(&method, |n: Nap| async move {
+            tokio::time::sleep(Duration::from_millis(n.ms)).await;
+            Ok::<_, std::convert::Infallible>(n.ms)
+        })
+        .await
+        .expect("register");
+    let calls: Vec<_> = (0..32u64)
+        .map(|i| {
+            let (client, method) = (client.clone(), method.clone());
+            tokio::spawn(
+                async move { client.call::<u64>(&method, kwargs! {"ms" => 200 + i * 5, "fail" => false}).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.close().await.expect("server closes");
+    for call in calls {
+        call.await.expect("call task").expect("answered before the server closed");
+    }
+    // Nothing was requeued: each request the server answered was acked before its
+    // connection closed.
+    assert_eq!(settled(&method, Duration::from_secs(5)).await, (0, 0), "nothing requeued");
+    client.close().await.expect("client closes");
+}
