@@ -2,9 +2,9 @@
 //! acks into one `multiple` ack wherever the delivery tags allow it.
 //!
 //! Why: an ack costs the broker nearly as much as a publish. The raw lapin floor of
-//! `rpc-bench` ran at 1.39× its own throughput at 64 in flight with its consumer in no-ack mode
-//! (BENCHMARKS.md, "Batched acks"); one `multiple` ack for a run of answered requests keeps
-//! at-least-once delivery and saves most of that.
+//! `rpc-bench` ran at 1.37-1.39× its own throughput at 64 in flight with its consumer in
+//! no-ack mode (BENCHMARKS.md, "Batched acks"); one `multiple` ack for a run of answered
+//! requests keeps at-least-once delivery and saves most of that.
 //!
 //! What keeps it correct:
 //! - The broker numbers the deliveries of a channel 1, 2, 3, … (every delivery, those of no-ack
@@ -12,25 +12,29 @@
 //!   `t`. So one is sent only over a run of tags every one of which is settled here: requests
 //!   by [`Acks::settle`], deliveries that need no frame (no-ack consumers) by [`Acks::skip`].
 //! - A tag is named once at most (the broker closes the channel on an unknown tag): a tag sent
-//!   on its own is remembered until the run passes it, and a `multiple` ack names the highest
-//!   tag of its run not sent before.
+//!   on its own is remembered (as part of a range) until the run passes it, and a `multiple`
+//!   ack names the highest tag of its run not sent before.
 //! - Rejects are sent on their own, before any `multiple` ack that covers them.
-//! - A request answered while an earlier one still runs waits at most [`HOLD`] for the run to
-//!   reach it, then is acked on its own: a slow request holds back no other request's prefetch
-//!   slot for long.
+//! - A request answered while an earlier one still runs waits for the run to reach it only
+//!   while that gap is younger than [`HOLD`]; once a gap is older (a slow request), everything
+//!   past it is acked on its own at once. So a slow request holds back no other request's
+//!   prefetch slot beyond the first [`HOLD`].
 //! - Every frame follows the reply it settles: [`Acks::settle`] is called once the reply has
-//!   been written on the same channel, whose frames the broker handles in order.
+//!   been written on the same channel, whose frames the broker handles in order. Frames of one
+//!   write are queued in order: lapin queues a frame when its future is first polled, and
+//!   `join_all` polls them in order.
 //! - What the caller hands in with a settlement (the server's in-flight guard) is dropped once
-//!   the frame that settles it has been written, so a graceful close that waits for in-flight
-//!   requests waits for their acks too.
-//! - Bounded: at most [`LIMIT`] tags are remembered past the settled run. A tag that never
-//!   settles (a delivery lost before it reached the server) would hold the run forever; past
-//!   the limit the channel settles one frame per request from then on.
+//!   the frame that settles it has been written (or has failed to be), so a graceful close that
+//!   waits for in-flight requests waits for their acks too.
+//! - Bounded: tags sent on their own are kept as ranges, which merge; if they fragment past
+//!   [`LIMIT`] ranges (tags that never settle, far apart), the channel settles one frame per
+//!   request from then on.
 //!
 //! A channel shared with a caller (`Rpc::create`) may carry deliveries this crate never sees,
-//! so its acks are never coalesced ([`Acks::new`] with `coalesce: false`).
+//! so its acks are never coalesced ([`Acks::start`] with `coalesce: false`), and neither are
+//! those of a retired link ([`Acks::shut`]), whose channel may outlive it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,11 +45,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-/// How long a request answered out of order waits for the requests before it.
+/// How long a gap in the run holds back the tags answered past it.
 pub(crate) const HOLD: Duration = Duration::from_millis(10);
 
-/// How many tags past the settled run are remembered before coalescing stops.
-pub(crate) const LIMIT: usize = 16_384;
+/// How many ranges of tags past the run are remembered before coalescing stops.
+pub(crate) const LIMIT: usize = 4096;
 
 /// How a request is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +79,13 @@ enum Frame {
     Reject { tag: u64 },
 }
 
-/// A tag past the settled run.
-enum Entry {
-    /// Settled here, its frame not written yet; since when.
-    Waiting { how: Settle, since: Instant, keep: Option<Keep> },
-    /// Settled on the broker already (sent on its own, or needing no frame).
-    Done,
+impl Frame {
+    fn of(tag: u64, how: Settle) -> Frame {
+        match how {
+            Settle::Ack => Frame::Ack { tag, multiple: false },
+            Settle::Reject => Frame::Reject { tag },
+        }
+    }
 }
 
 /// What the writer does next: frames in order, and what to drop once they are written.
@@ -88,152 +93,160 @@ enum Entry {
 struct Plan {
     frames: Vec<Frame>,
     kept: Vec<Keep>,
-    /// When to look again if nothing else happens (a held tag's [`HOLD`] running out).
+    /// When to look again if nothing else happens (a gap's [`HOLD`] running out).
     next: Option<Instant>,
 }
 
+#[derive(Default)]
 struct State {
     /// Every tag up to this one is settled on the broker (or was never owed a frame).
     run: u64,
-    /// Tags past `run`, when coalescing.
-    past: BTreeMap<u64, Entry>,
-    /// The tags of `past` still [`Entry::Waiting`] (few: a tag waits [`HOLD`] at most).
-    waiting: BTreeSet<u64>,
+    /// Tags past `run` settled here, their frames not written yet (when coalescing).
+    waiting: BTreeMap<u64, (Settle, Option<Keep>)>,
+    /// Tags past `run` settled on the broker already (sent on their own, or owed no frame), as
+    /// ranges: first tag -> last tag.
+    done: BTreeMap<u64, u64>,
+    /// Since when the run has been stopped by a gap with tags settled past it.
+    gap_since: Option<Instant>,
     /// Settlements in arrival order, when not coalescing.
     single: Vec<(u64, Settle, Option<Keep>)>,
+    /// Set by [`State::new`]; cleared for good by [`State::stop_coalescing`].
     coalesce: bool,
-    /// The channel failed or the link retired: nothing more is written.
-    shut: bool,
+    /// A write failed: the channel is gone, nothing more is written.
+    failed: bool,
+    /// Frames taken by the writer and not yet written.
+    writing: bool,
+    /// The link is gone: the writer ends once idle.
+    ended: bool,
 }
 
 impl State {
     fn new(coalesce: bool) -> Self {
-        State { run: 0, past: BTreeMap::new(), waiting: BTreeSet::new(), single: Vec::new(), coalesce, shut: false }
+        State { coalesce, ..State::default() }
     }
 
-    fn settle(&mut self, tag: u64, how: Settle, keep: Option<Keep>, now: Instant) {
+    fn is_done(&self, tag: u64) -> bool {
+        self.done.range(..=tag).next_back().is_some_and(|(_, last)| *last >= tag)
+    }
+
+    /// Adds `tag` to the done ranges, merging it with its neighbours.
+    fn mark_done(&mut self, tag: u64) {
+        let before = self.done.range(..tag).next_back().filter(|(_, last)| **last + 1 == tag).map(|(first, _)| *first);
+        let after = self.done.remove(&(tag + 1));
+        let first = before.unwrap_or(tag);
+        self.done.insert(first, after.unwrap_or(tag));
+    }
+
+    fn settle(&mut self, tag: u64, how: Settle, keep: Option<Keep>) {
         if !self.coalesce {
             self.single.push((tag, how, keep));
-        } else if tag > self.run && !self.past.contains_key(&tag) {
-            self.past.insert(tag, Entry::Waiting { how, since: now, keep });
-            self.waiting.insert(tag);
+        } else if tag > self.run && !self.waiting.contains_key(&tag) && !self.is_done(tag) {
+            self.waiting.insert(tag, (how, keep));
         } else {
-            // A tag the run has passed cannot be owed a frame; settling it twice would close
-            // the channel.
+            // Settling a tag twice would name it twice, which closes the channel.
             warn!(tag, "a delivery tag settled twice; ignored");
         }
     }
 
     fn skip(&mut self, tag: u64) {
-        if self.coalesce && tag > self.run && !self.past.contains_key(&tag) {
-            self.past.insert(tag, Entry::Done);
+        if self.coalesce && tag > self.run && !self.waiting.contains_key(&tag) {
+            self.mark_done(tag);
         }
     }
 
     /// The frames to write now: rejects first, then one `multiple` ack over the settled run,
-    /// then tags held longer than [`HOLD`] on their own.
+    /// then, once the gap stopping the run is older than [`HOLD`], the tags past it alone.
     fn plan(&mut self, now: Instant) -> Plan {
         let mut plan = Plan::default();
         if !self.coalesce {
             for (tag, how, keep) in self.single.drain(..) {
-                plan.frames.push(match how {
-                    Settle::Ack => Frame::Ack { tag, multiple: false },
-                    Settle::Reject => Frame::Reject { tag },
-                });
+                plan.frames.push(Frame::of(tag, how));
                 plan.kept.extend(keep);
             }
             return plan;
         }
         // Rejects go out on their own, before an ack that may cover them.
-        let rejects: Vec<u64> = self
-            .waiting
-            .iter()
-            .copied()
-            .filter(|tag| matches!(self.past.get(tag), Some(Entry::Waiting { how: Settle::Reject, .. })))
-            .collect();
+        let rejects: Vec<u64> =
+            self.waiting.iter().filter(|(_, (how, _))| *how == Settle::Reject).map(|(tag, _)| *tag).collect();
         for tag in rejects {
             plan.frames.push(Frame::Reject { tag });
-            plan.kept.extend(self.finish(tag));
+            plan.kept.extend(self.send_alone(tag));
         }
-        // The run: every tag from `run + 1` on that is settled here.
-        let mut named = None;
-        while let Some(entry) = self.past.first_entry() {
-            if *entry.key() != self.run + 1 {
-                break;
-            }
-            let (tag, entry) = entry.remove_entry();
-            self.run = tag;
-            if let Entry::Waiting { keep, .. } = entry {
-                self.waiting.remove(&tag);
-                named = Some(tag);
+        // The run: every tag from `run + 1` on that is settled, here or on the broker.
+        let (start, mut named) = (self.run, None);
+        loop {
+            let next = self.run + 1;
+            if let Some((_, keep)) = self.waiting.remove(&next) {
+                self.run = next;
+                named = Some(next);
                 plan.kept.extend(keep);
+            } else if let Some(last) = self.done.remove(&next) {
+                self.run = last;
+            } else {
+                break;
             }
         }
         if let Some(tag) = named {
             plan.frames.push(Frame::Ack { tag, multiple: true });
         }
-        // Past a gap: acked on their own once held long enough.
-        let mut due = Vec::new();
-        for tag in &self.waiting {
-            if let Some(Entry::Waiting { since, .. }) = self.past.get(tag) {
-                let at = *since + HOLD;
-                if at <= now {
-                    due.push(*tag);
-                } else {
-                    plan.next = Some(plan.next.map_or(at, |next: Instant| next.min(at)));
+        // Past the gap now stopping the run, if any.
+        if self.waiting.is_empty() && self.done.is_empty() {
+            self.gap_since = None;
+        } else if self.run != start || self.gap_since.is_none() {
+            self.gap_since = Some(now);
+        }
+        if let Some(since) = self.gap_since.filter(|_| !self.waiting.is_empty()) {
+            let due = since + HOLD;
+            if due <= now {
+                let past: Vec<u64> = self.waiting.keys().copied().collect();
+                for tag in past {
+                    plan.frames.push(Frame::Ack { tag, multiple: false });
+                    plan.kept.extend(self.send_alone(tag));
                 }
+            } else {
+                plan.next = Some(due);
             }
         }
-        for tag in due {
-            plan.frames.push(Frame::Ack { tag, multiple: false });
-            plan.kept.extend(self.finish(tag));
-        }
-        if self.past.len() > LIMIT {
+        if self.done.len() > LIMIT {
             warn!(
                 waiting_for = self.run + 1,
-                remembered = self.past.len(),
-                "a delivery was never settled; acking one request at a time on this channel from now on"
+                ranges = self.done.len(),
+                "deliveries past an unsettled one are too scattered to track; acking one request at a time on this channel from now on"
             );
             self.stop_coalescing(&mut plan);
         }
         plan
     }
 
-    /// Marks waiting `tag` settled on the broker; what it kept.
-    fn finish(&mut self, tag: u64) -> Option<Keep> {
-        self.waiting.remove(&tag);
-        match self.past.insert(tag, Entry::Done) {
-            Some(Entry::Waiting { keep, .. }) => keep,
-            _ => None,
-        }
+    /// Moves waiting `tag` to the done ranges; what it kept.
+    fn send_alone(&mut self, tag: u64) -> Option<Keep> {
+        let keep = self.waiting.remove(&tag).and_then(|(_, keep)| keep);
+        self.mark_done(tag);
+        keep
     }
 
-    /// Sends everything still waiting on its own, and coalesces no more.
+    /// Adds everything still waiting to `plan`, each on its own, and coalesces no more.
     fn stop_coalescing(&mut self, plan: &mut Plan) {
-        self.waiting.clear();
-        for (tag, entry) in std::mem::take(&mut self.past) {
-            if let Entry::Waiting { how, keep, .. } = entry {
-                plan.frames.push(match how {
-                    Settle::Ack => Frame::Ack { tag, multiple: false },
-                    Settle::Reject => Frame::Reject { tag },
-                });
-                plan.kept.extend(keep);
-            }
+        for (tag, (how, keep)) in std::mem::take(&mut self.waiting) {
+            plan.frames.push(Frame::of(tag, how));
+            plan.kept.extend(keep);
         }
+        self.done.clear();
+        self.gap_since = None;
         plan.next = None;
         self.coalesce = false;
     }
 
-    /// Whether anything is waiting to be written.
+    /// Whether everything settled here has been written.
     fn idle(&self) -> bool {
-        self.single.is_empty() && self.waiting.is_empty()
+        !self.writing && self.single.is_empty() && self.waiting.is_empty()
     }
 }
 
 impl Acks {
-    /// The settlements of `channel`, and the task that writes them (it ends with [`Acks::shut`]
-    /// or the channel's first failed write). `coalesce`: whether every delivery on the channel
-    /// goes through this `Acks` (see the module's notes).
+    /// The settlements of `channel`, and the task that writes them (it ends once the link is
+    /// gone and everything is written, or at the channel's first failed write). `coalesce`:
+    /// whether every delivery on the channel goes through this `Acks` (see the module's notes).
     pub(crate) fn start(channel: Channel, coalesce: bool) -> Arc<Acks> {
         let acks = Arc::new(Acks { channel, state: Mutex::new(State::new(coalesce)), wake: Notify::new() });
         tokio::spawn(Arc::clone(&acks).write());
@@ -245,13 +258,13 @@ impl Acks {
     }
 
     /// Settles the request delivered under `tag`; `keep` is dropped once that is written (at
-    /// once when the channel is gone: the broker then requeues the request itself).
+    /// once when the channel has failed: the broker requeues the request itself).
     pub(crate) fn settle(&self, tag: u64, how: Settle, keep: Keep) {
         let mut state = self.lock();
-        if state.shut {
+        if state.failed {
             return;
         }
-        state.settle(tag, how, Some(keep), Instant::now());
+        state.settle(tag, how, Some(keep));
         drop(state);
         self.wake.notify_one();
     }
@@ -262,32 +275,59 @@ impl Acks {
         self.wake.notify_one();
     }
 
-    /// Ends the writer once what is waiting has been written (or failed to be).
+    /// The link retired: what waits is written at once, and every later settlement alone (the
+    /// channel of an `Rpc` on a caller's channel stays open after the link).
     pub(crate) fn shut(&self) {
-        self.lock().shut = true;
+        let mut state = self.lock();
+        if state.coalesce {
+            let mut plan = Plan::default();
+            state.stop_coalescing(&mut plan);
+            state.single.extend(plan.frames.into_iter().zip(plan.kept.into_iter().map(Some)).map(|(frame, keep)| {
+                match frame {
+                    Frame::Ack { tag, .. } => (tag, Settle::Ack, keep),
+                    Frame::Reject { tag } => (tag, Settle::Reject, keep),
+                }
+            }));
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Waits until every settlement made so far is written (or has failed to be), at most
+    /// `limit`: a close waits for it before it closes the connection.
+    pub(crate) async fn flushed(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.lock().idle() && !self.lock().failed && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The link is gone: the writer ends once everything is written.
+    pub(crate) fn end(&self) {
+        self.lock().ended = true;
         self.wake.notify_one();
     }
 
     /// The writer: waits for settlements, writes the planned frames, drops what they kept.
     async fn write(self: Arc<Self>) {
         loop {
-            let (plan, shut) = {
+            let (plan, end) = {
                 let mut state = self.lock();
-                let now = Instant::now();
-                let mut plan = state.plan(now);
-                if state.shut {
-                    // Closing: the rest cannot wait for a run to form.
-                    state.stop_coalescing(&mut plan);
-                }
-                (plan, state.shut && state.idle())
+                let plan = state.plan(Instant::now());
+                state.writing = !plan.frames.is_empty();
+                (plan, state.ended && state.single.is_empty() && state.waiting.is_empty())
             };
             if !plan.frames.is_empty() && !self.send(&plan.frames).await {
-                self.lock().shut = true;
-                self.drop_waiting();
+                let mut state = self.lock();
+                state.failed = true;
+                state.waiting.clear();
+                state.single.clear();
+                state.writing = false;
                 return;
             }
+            self.lock().writing = false;
             drop(plan.kept);
-            if shut {
+            if end {
                 return;
             }
             match plan.next {
@@ -316,14 +356,6 @@ impl Acks {
             }
         }
     }
-
-    /// Drops everything still waiting (the channel is gone).
-    fn drop_waiting(&self) {
-        let mut state = self.lock();
-        state.past.clear();
-        state.waiting.clear();
-        state.single.clear();
-    }
 }
 
 #[cfg(test)]
@@ -338,9 +370,9 @@ mod tests {
         Frame::Ack { tag, multiple: true }
     }
 
-    fn settle(state: &mut State, tags: &[u64], how: Settle, now: Instant) {
+    fn settle(state: &mut State, tags: &[u64], how: Settle) {
         for &tag in tags {
-            state.settle(tag, how, None, now);
+            state.settle(tag, how, None);
         }
     }
 
@@ -348,37 +380,42 @@ mod tests {
     fn a_settled_run_is_acked_with_one_multiple_ack_naming_its_last_tag() {
         let now = Instant::now();
         let mut state = State::new(true);
-        settle(&mut state, &[3, 1, 2, 4], Settle::Ack, now);
+        settle(&mut state, &[3, 1, 2, 4], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![up_to(4)]);
-        settle(&mut state, &[5], Settle::Ack, now);
+        settle(&mut state, &[5], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![up_to(5)]);
-        assert!(state.past.is_empty());
+        assert!(state.waiting.is_empty() && state.done.is_empty() && state.gap_since.is_none());
     }
 
     #[test]
-    fn a_tag_past_a_gap_waits_for_the_run_then_goes_alone_after_the_hold() {
+    fn tags_past_a_gap_wait_for_the_run_then_go_alone_once_the_gap_is_older_than_the_hold() {
         let now = Instant::now();
         let mut state = State::new(true);
-        settle(&mut state, &[1, 3, 4], Settle::Ack, now);
+        settle(&mut state, &[1, 3, 4], Settle::Ack);
         let plan = state.plan(now);
         assert_eq!(plan.frames, vec![up_to(1)], "2 still runs: 3 and 4 wait");
         assert_eq!(plan.next, Some(now + HOLD));
-        // The hold runs out: 3 and 4 go alone and are never named again.
         let later = now + HOLD;
         assert_eq!(state.plan(later).frames, vec![acked(3), acked(4)]);
-        settle(&mut state, &[5], Settle::Ack, later);
-        assert_eq!(state.plan(later).frames, vec![], "5 waits behind 2");
-        settle(&mut state, &[2], Settle::Ack, later);
-        assert_eq!(state.plan(later).frames, vec![up_to(5)], "the run passes 3 and 4 without naming them");
+        // The gap is old: what is answered past it goes at once.
+        settle(&mut state, &[5], Settle::Ack);
+        assert_eq!(state.plan(later).frames, vec![acked(5)]);
+        assert_eq!(state.done.len(), 1, "3, 4 and 5 are one range");
+        // 2 ends: the run passes 3 to 5 without naming them.
+        settle(&mut state, &[2], Settle::Ack);
+        assert_eq!(state.plan(later).frames, vec![up_to(2)]);
+        assert_eq!(state.run, 5);
+        assert!(state.done.is_empty() && state.gap_since.is_none());
     }
 
     #[test]
     fn a_run_whose_last_tags_went_alone_names_its_last_unsent_tag() {
         let now = Instant::now();
         let mut state = State::new(true);
-        settle(&mut state, &[2, 3], Settle::Ack, now);
+        settle(&mut state, &[2, 3], Settle::Ack);
+        assert_eq!(state.plan(now).frames, vec![]);
         assert_eq!(state.plan(now + HOLD).frames, vec![acked(2), acked(3)]);
-        settle(&mut state, &[1], Settle::Ack, now + HOLD);
+        settle(&mut state, &[1], Settle::Ack);
         assert_eq!(state.plan(now + HOLD).frames, vec![up_to(1)]);
         assert_eq!(state.run, 3);
     }
@@ -387,11 +424,11 @@ mod tests {
     fn rejects_go_alone_before_the_ack_that_covers_them() {
         let now = Instant::now();
         let mut state = State::new(true);
-        settle(&mut state, &[1, 3], Settle::Ack, now);
-        settle(&mut state, &[2, 5], Settle::Reject, now);
+        settle(&mut state, &[1, 3], Settle::Ack);
+        settle(&mut state, &[2, 5], Settle::Reject);
         let frames = state.plan(now).frames;
         assert_eq!(frames, vec![Frame::Reject { tag: 2 }, Frame::Reject { tag: 5 }, up_to(3)]);
-        settle(&mut state, &[4], Settle::Ack, now);
+        settle(&mut state, &[4], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![up_to(4)], "5, rejected already, is passed, not named");
         assert_eq!(state.run, 5);
     }
@@ -401,7 +438,7 @@ mod tests {
         let now = Instant::now();
         let mut state = State::new(true);
         state.skip(2);
-        settle(&mut state, &[1, 3], Settle::Ack, now);
+        settle(&mut state, &[1, 3], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![up_to(3)]);
         state.skip(4);
         assert_eq!(state.plan(now).frames, vec![], "a skipped tag alone needs no frame");
@@ -409,16 +446,30 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_that_never_settles_stops_coalescing_past_the_limit() {
+    fn scattered_tags_past_an_unsettled_one_stop_coalescing_past_the_limit() {
         let now = Instant::now();
         let mut state = State::new(true);
-        let tags: Vec<u64> = (2..=LIMIT as u64 + 2).collect();
-        settle(&mut state, &tags, Settle::Ack, now);
-        let frames = state.plan(now).frames;
+        let tags: Vec<u64> = (1..=LIMIT as u64 + 1).map(|n| 2 * n + 1).collect();
+        settle(&mut state, &tags, Settle::Ack);
+        assert_eq!(state.plan(now).frames, vec![]);
+        let frames = state.plan(now + HOLD).frames;
         assert_eq!(frames.len(), tags.len(), "each waiting tag goes alone");
         assert!(frames.iter().all(|f| matches!(f, Frame::Ack { multiple: false, .. })));
-        assert!(!state.coalesce);
-        state.settle(1, Settle::Ack, None, now);
+        assert!(!state.coalesce && state.done.is_empty());
+        state.settle(1, Settle::Ack, None);
+        assert_eq!(state.plan(now + HOLD).frames, vec![acked(1)]);
+    }
+
+    #[test]
+    fn stopping_coalescing_sends_what_waits_alone_in_tag_order() {
+        let now = Instant::now();
+        let mut state = State::new(true);
+        settle(&mut state, &[3], Settle::Ack);
+        settle(&mut state, &[2], Settle::Reject);
+        let mut plan = Plan::default();
+        state.stop_coalescing(&mut plan);
+        assert_eq!(plan.frames, vec![Frame::Reject { tag: 2 }, acked(3)]);
+        settle(&mut state, &[1], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![acked(1)]);
     }
 
@@ -426,8 +477,8 @@ mod tests {
     fn without_coalescing_every_settlement_is_its_own_frame_in_arrival_order() {
         let now = Instant::now();
         let mut state = State::new(false);
-        settle(&mut state, &[2, 1], Settle::Ack, now);
-        settle(&mut state, &[3], Settle::Reject, now);
+        settle(&mut state, &[2, 1], Settle::Ack);
+        settle(&mut state, &[3], Settle::Reject);
         assert_eq!(state.plan(now).frames, vec![acked(2), acked(1), Frame::Reject { tag: 3 }]);
     }
 
@@ -435,9 +486,14 @@ mod tests {
     fn a_tag_settled_twice_is_not_named_again() {
         let now = Instant::now();
         let mut state = State::new(true);
-        settle(&mut state, &[1], Settle::Ack, now);
+        settle(&mut state, &[1], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![up_to(1)]);
-        settle(&mut state, &[1], Settle::Ack, now);
+        settle(&mut state, &[1], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![]);
+        settle(&mut state, &[3, 3], Settle::Ack);
+        assert_eq!(state.plan(now + HOLD).frames, vec![]);
+        assert_eq!(state.plan(now + HOLD * 2).frames, vec![acked(3)]);
+        settle(&mut state, &[3], Settle::Ack);
+        assert_eq!(state.plan(now + HOLD * 2).frames, vec![], "3 went alone already");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::{BasicReturnMessage, Delivery};
 use lapin::options::BasicPublishOptions;
 use lapin::Consumer;
@@ -24,6 +24,10 @@ use crate::link::Link;
 use crate::{wire, Codec};
 
 type Outcome = Result<Reply, RpcError>;
+
+/// How long a call waits for its reply before it reads its publisher confirm (see
+/// `publish_and_wait`): the most a returned or nacked request's failure is delayed.
+pub(crate) const CONFIRM_GRACE: Duration = Duration::from_millis(5);
 
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -188,7 +192,7 @@ pub(crate) struct Call<'a> {
 /// `pending`. No body over `body_limit` is sent.
 pub(crate) async fn call(
     link: Result<Arc<Link>, RpcError>,
-    pending: &Pending,
+    pending: &Arc<Pending>,
     body_limit: usize,
     call: Call<'_>,
 ) -> Result<Reply, RpcError> {
@@ -212,7 +216,7 @@ pub(crate) async fn call(
 
 async fn publish_and_wait(
     link: Result<Arc<Link>, RpcError>,
-    pending: &Pending,
+    pending: &Arc<Pending>,
     body_limit: usize,
     call: Call<'_>,
     correlation_id: &str,
@@ -246,48 +250,37 @@ async fn publish_and_wait(
     let properties = wire::request_properties(codec, correlation_id, &link.reply_queue, timeout, deadline_ms, &context);
     // Held until the confirm comes: a channel the link has replaced meanwhile stays open for it.
     let channel = link.requests();
-    let publish = async {
-        channel
-            .basic_publish(
-                "".into(),
-                key,
-                BasicPublishOptions { mandatory: true, ..Default::default() },
-                &body,
-                properties,
-            )
-            .await?
-            .await
-    };
-    match tokio::time::timeout_at(deadline, publish).await {
+    let sent = channel.basic_publish(
+        "".into(),
+        key,
+        BasicPublishOptions { mandatory: true, ..Default::default() },
+        &body,
+        properties,
+    );
+    let confirm = match tokio::time::timeout_at(deadline, sent).await {
         Err(_) => return Err(RpcError::deadline(method, timeout)),
-        Ok(Err(e)) => {
-            link.publish_failed(&channel, &e);
-            return Err(RpcError::transport(format!("{method}: publishing the request: {e}"), e));
-        }
-        Ok(Ok(confirmation)) => {
-            let nack = confirmation.is_nack();
-            if let Some(returned) = confirmation.take_message() {
-                let owner = returned.delivery.properties.correlation_id().as_ref().map(|id| id.as_str().to_owned());
-                let error = unroutable(&returned);
-                match owner {
-                    // When the broker confirms several publishes at once, lapin may hand a
-                    // returned message to another publish's confirmation: the message's own
-                    // correlation id says whose call it was.
-                    Some(owner) if owner != correlation_id => pending.fail(&owner, error),
-                    _ => return Err(error),
-                }
+        Ok(Err(e)) => return Err(publish_failed(&link, &channel, method, e)),
+        Ok(Ok(confirm)) => confirm,
+    };
+    let mut rx = rx;
+    if link.confirms() {
+        // A reply means the broker took the request, so the confirm is read only when no reply
+        // has come within `CONFIRM_GRACE`: an answered call is not woken for its confirm. A
+        // returned or nacked request (no reply will come) fails at most that much later.
+        let grace = tokio::time::sleep_until((Instant::now() + CONFIRM_GRACE).min(deadline));
+        tokio::select! {
+            biased;
+            outcome = &mut rx => {
+                confirmed_late(&link, channel, pending, method, correlation_id, confirm);
+                return outcome.unwrap_or(Err(RpcError::Closed));
             }
-            if nack {
-                // The nack fails this call only; the channel may be what refuses (see
-                // `link::Requests`), so later calls go out on a fresh one.
-                let link = Arc::clone(&link);
-                tokio::spawn(async move { link.renew_requests(&channel).await });
-                return Err(RpcError::Unavailable {
-                    target: method.to_owned(),
-                    reason: "the broker refused the request (nack)".into(),
-                });
-            }
+            () = grace => {}
         }
+    }
+    match tokio::time::timeout_at(deadline, confirm).await {
+        Err(_) => return Err(RpcError::deadline(method, timeout)),
+        Ok(Err(e)) => return Err(publish_failed(&link, &channel, method, e)),
+        Ok(Ok(confirmation)) => read_confirmation(&link, &channel, pending, method, correlation_id, confirmation)?,
     }
     match tokio::time::timeout_at(deadline, rx).await {
         Err(_) => Err(RpcError::deadline(method, timeout)),
@@ -295,6 +288,74 @@ async fn publish_and_wait(
         // The waiter went away unanswered: only when the `Rpc` is torn down.
         Ok(Err(_)) => Err(RpcError::Closed),
     }
+}
+
+/// Reads the confirm of a call already answered (here by now, almost always: it comes before
+/// the reply on the same connection), which may still carry another call's returned request or
+/// a nack; a confirm still to come is awaited by a task of its own.
+fn confirmed_late(
+    link: &Arc<Link>,
+    channel: lapin::Channel,
+    pending: &Arc<Pending>,
+    method: &str,
+    correlation_id: &str,
+    mut confirm: lapin::PublisherConfirm,
+) {
+    match (&mut confirm).now_or_never() {
+        Some(Ok(confirmation)) => {
+            drop(read_confirmation(link, &channel, pending, method, correlation_id, confirmation))
+        }
+        Some(Err(_)) => {}
+        None => {
+            let (link, pending) = (Arc::clone(link), Arc::clone(pending));
+            let (method, id) = (method.to_owned(), correlation_id.to_owned());
+            tokio::spawn(async move {
+                if let Ok(confirmation) = confirm.await {
+                    drop(read_confirmation(&link, &channel, &pending, &method, &id, confirmation));
+                }
+            });
+        }
+    }
+}
+
+/// What the broker's confirmation of call `correlation_id`'s request says: the call's own
+/// failure, if any. A nack makes later requests go out on a fresh channel; a returned request
+/// of another call, which lapin may hand to this confirmation when the broker confirms several
+/// publishes at once, fails that call.
+fn read_confirmation(
+    link: &Arc<Link>,
+    channel: &lapin::Channel,
+    pending: &Pending,
+    method: &str,
+    correlation_id: &str,
+    confirmation: lapin::Confirmation,
+) -> Result<(), RpcError> {
+    let nack = confirmation.is_nack();
+    if let Some(returned) = confirmation.take_message() {
+        let owner = returned.delivery.properties.correlation_id().as_ref().map(|id| id.as_str().to_owned());
+        let error = unroutable(&returned);
+        match owner {
+            Some(owner) if owner != correlation_id => pending.fail(&owner, error),
+            _ => return Err(error),
+        }
+    }
+    if nack {
+        // The nack fails this call only; the channel may be what refuses (see
+        // `link::Requests`), so later calls go out on a fresh one.
+        let (link, channel) = (Arc::clone(link), channel.clone());
+        tokio::spawn(async move { link.renew_requests(&channel).await });
+        return Err(RpcError::Unavailable {
+            target: method.to_owned(),
+            reason: "the broker refused the request (nack)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The error for a request lapin could not publish (or whose confirm failed) on `channel`.
+fn publish_failed(link: &Link, channel: &lapin::Channel, method: &str, e: lapin::Error) -> RpcError {
+    link.publish_failed(channel, &e);
+    RpcError::transport(format!("{method}: publishing the request: {e}"), e)
 }
 
 /// The error for a request the broker returned (`mandatory` and no queue bound).

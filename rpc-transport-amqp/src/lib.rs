@@ -15,7 +15,9 @@
 //! - `describe.rs`: the describe request ("what do you serve"), both sides;
 //! - `server.rs`: consuming method queues, running requests through the server stack (the
 //!   layers of [`RpcBuilder::layer`], then the handler under the run policy), replying,
-//!   acking (the serving loops);
+//!   settling (the serving loops);
+//! - `acks.rs`: settling requests on the serving channel, acks coalesced into `multiple` acks
+//!   where the delivery tags allow it;
 //! - `link.rs`: one connection's channels, reply queue and consumers (rebuilt on reconnect);
 //!   the loops above report its death through it, to the session;
 //! - `codec.rs`: message bodies (MessagePack/JSON) and the error envelope; pure;

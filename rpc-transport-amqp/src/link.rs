@@ -138,7 +138,7 @@ impl Drop for Claim<'_> {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        self.acks.shut();
+        self.acks.end();
     }
 }
 
@@ -338,6 +338,11 @@ impl Link {
         self.consumers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether requests are published with publisher confirms.
+    pub(crate) fn confirms(&self) -> bool {
+        self.confirms
+    }
+
     /// The channel to publish requests on. Calls hold it until their request is confirmed: a
     /// replaced channel closes when its last holder drops it.
     pub(crate) fn requests(&self) -> Channel {
@@ -400,7 +405,7 @@ impl Link {
     }
 
     /// Marks the link dead without reporting it (the session retiring it itself). Settlements
-    /// already made are still written, if the channel is alive.
+    /// are still written while the serving channel lives, from now on one frame each.
     pub(crate) fn retire(&self) {
         self.dead.store(true, Ordering::Release);
         self.acks.shut();

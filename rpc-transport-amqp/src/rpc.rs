@@ -201,7 +201,9 @@ impl RpcBuilder {
 
     /// lapin connection properties for [`RpcBuilder::connect`] (TLS is chosen by the URL's
     /// `amqps://` scheme). Do not enable lapin's own auto-recovery: the `Rpc` reconnects by
-    /// itself.
+    /// itself, and a channel lapin recovers numbers its deliveries from 1 again, so the
+    /// server's coalesced acks (docs/AMQP.md, "Delivery semantics") would settle requests
+    /// nobody has answered.
     #[must_use]
     pub fn with_connection_properties(mut self, properties: ConnectionProperties) -> Self {
         self.properties = properties;

@@ -25,6 +25,9 @@ use crate::link::{Link, LinkLost, Reports};
 use crate::server::{self, Registration, Serving, WrapStack};
 use crate::{wire, Error, RpcConfig};
 
+/// How long a close waits for the serving channel's last acks to be written.
+const ACK_FLUSH: Duration = Duration::from_secs(1);
+
 enum State {
     Up(Arc<Link>),
     Down,
@@ -392,7 +395,7 @@ impl Session {
     }
 
     /// Calls waiting for their reply.
-    pub(crate) fn pending(&self) -> &Pending {
+    pub(crate) fn pending(&self) -> &Arc<Pending> {
         &self.pending
     }
 
@@ -443,6 +446,8 @@ impl Session {
         self.pending.fail_all(|| RpcError::Closed);
         if let Some(link) = link {
             link.retire();
+            // The acks of the requests waited for above go out before the connection closes.
+            link.acks.flushed(ACK_FLUSH).await;
             if link.owns_connection() {
                 link.close_connection().await;
             } else {
