@@ -269,6 +269,8 @@ pub struct Pick {
     pub only: Option<String>,
     /// Only this concurrency.
     pub in_flight: Option<usize>,
+    /// The concurrencies to run (1 and 64 by default).
+    pub levels: Option<Vec<usize>>,
 }
 
 /// `rpc.call("multiply")` and the raw floor at concurrency 1 and 64, interleaved, with the
@@ -298,7 +300,8 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
         pick.only.as_deref().map_or(true, |only| name.strip_suffix(suffix).unwrap_or(name).ends_with(only))
     };
     let mut out = Vec::new();
-    for concurrency in [1usize, 64].into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
+    let levels = pick.levels.clone().unwrap_or_else(|| vec![1, 64]);
+    for concurrency in levels.into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
         let (mut ours, mut unconfirmed, mut raw, mut framed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.reps {
             for (confirms, runs) in [(true, &mut ours), (false, &mut unconfirmed)] {

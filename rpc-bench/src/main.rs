@@ -64,6 +64,13 @@ enum What {
         #[arg(long, default_value = "benchmarks")]
         out: std::path::PathBuf,
     },
+    /// RabbitMQ at 1 to 256 in flight (one process): the raw floor, `rpc.call` and aio-pika; a
+    /// table, and SVG pictures of calls/s and p99 written to `--out`.
+    AmqpPlot {
+        /// Where the pictures go.
+        #[arg(long, default_value = "benchmarks")]
+        out: std::path::PathBuf,
+    },
     /// Internal: the Consumer process of the idle-connection measurement.
     #[command(hide = true)]
     HoldIdle {
@@ -150,19 +157,8 @@ fn main() {
         let rows = tcp::sweep(&settings, &[1, 4, 16, 64, 256]);
         stats::print_table("TCP by number of clients", &rows, "raw floor");
         let names = ["raw floor", "consumer", "producer → 2 consumers"];
-        let series: Vec<plot::Series<'_>> =
-            names.iter().map(|n| (*n, rows.iter().filter(|r| r.name == *n).collect())).collect();
-        let drawn = std::fs::create_dir_all(out).map_err(|e| e.to_string()).and_then(|()| {
-            plot::draw(&out.join("tcp-calls.svg"), "TCP: calls/s by clients", "calls/s (median)", &series, |r| r.rate)?;
-            plot::draw(&out.join("tcp-p99.svg"), "TCP: p99 latency by clients", "p99 ms (median)", &series, |r| {
-                r.p99_ms
-            })
-        });
-        if let Err(e) = drawn {
-            eprintln!("drawing failed: {e}");
-            std::process::exit(1);
-        }
-        println!("\npictures: {}", out.display());
+        let x = "clients (each: one connection per request, one call after another)";
+        draw_sweep(&rows, &names, out, ("tcp", "TCP", "clients"), x);
     }
     if all || cli.what == What::Http {
         let rows = http::run(&settings);
@@ -178,14 +174,14 @@ fn main() {
         What::Amqp { layout, only, in_flight } => (
             *layout != Some(amqp::Layout::TwoProcesses),
             *layout != Some(amqp::Layout::OneProcess),
-            amqp::Pick { only: only.clone(), in_flight: *in_flight },
+            amqp::Pick { only: only.clone(), in_flight: *in_flight, levels: None },
         ),
         _ => (false, false, amqp::Pick::default()),
     };
     if one {
         let mut rows = amqp::run(&settings, amqp::Layout::OneProcess, &pick);
         if pick == amqp::Pick::default() {
-            match peer::run(&settings) {
+            match peer::run(&settings, &[1, 64]) {
                 Ok(peer) => rows.extend(peer),
                 Err(why) => println!("\n(aio-pika peer skipped: {why})"),
             }
@@ -199,6 +195,23 @@ fn main() {
             &rows,
             "(d) raw lapin floor, two processes",
         );
+    }
+    if let What::AmqpPlot { out } = &cli.what {
+        let levels = [1, 4, 16, 64, 256];
+        let pick = amqp::Pick { levels: Some(levels.to_vec()), ..amqp::Pick::default() };
+        let mut rows: Vec<_> = amqp::run(&settings, amqp::Layout::OneProcess, &pick)
+            .into_iter()
+            .filter(|r| r.name == "(d) raw lapin floor" || r.name == "rpc.call multiply")
+            .collect();
+        match peer::run(&settings, &levels) {
+            Ok(peer) => rows.extend(peer),
+            Err(why) => println!("\n(aio-pika peer skipped: {why})"),
+        }
+        rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.concurrency.cmp(&b.concurrency)));
+        stats::print_table("RabbitMQ by calls in flight (one process)", &rows, "(d) raw lapin floor");
+        let names = ["(d) raw lapin floor", "rpc.call multiply", "aio-pika RPC (peer)"];
+        let x = "calls in flight (each caller: one call after another)";
+        draw_sweep(&rows, &names, out, ("amqp", "RabbitMQ", "calls in flight"), x);
     }
     if let What::Cluster { urls } = &cli.what {
         let rows = amqp::cluster(&settings, urls);
@@ -225,4 +238,23 @@ fn main() {
             }
         }
     }
+}
+
+/// Draws `names`' rows of a sweep as `<prefix>-calls.svg` and `<prefix>-p99.svg` in `out`,
+/// titled "`what`: … by `by`", `x` under the x axis; exits when it cannot.
+fn draw_sweep(rows: &[stats::Summary], names: &[&str], out: &std::path::Path, title: (&str, &str, &str), x: &str) {
+    let (prefix, what, by) = title;
+    let series: Vec<plot::Series<'_>> =
+        names.iter().map(|n| (*n, rows.iter().filter(|r| r.name == *n).collect())).collect();
+    let drawn = std::fs::create_dir_all(out).map_err(|e| e.to_string()).and_then(|()| {
+        let calls = out.join(format!("{prefix}-calls.svg"));
+        plot::draw(&calls, &format!("{what}: calls/s by {by}"), "calls/s (median)", x, &series, |r| r.rate)?;
+        let p99 = out.join(format!("{prefix}-p99.svg"));
+        plot::draw(&p99, &format!("{what}: p99 latency by {by}"), "p99 ms (median)", x, &series, |r| r.p99_ms)
+    });
+    if let Err(e) = drawn {
+        eprintln!("drawing failed: {e}");
+        std::process::exit(1);
+    }
+    println!("\npictures: {}", out.display());
 }

@@ -16,13 +16,14 @@ fn python() -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
-/// aio-pika at concurrency 1 and 64, or why it could not run.
-pub fn run(settings: &Settings) -> Result<Vec<Summary>, String> {
+/// aio-pika at each of `levels` calls in flight, or why it could not run.
+pub fn run(settings: &Settings, levels: &[usize]) -> Result<Vec<Summary>, String> {
     let python = python().ok_or("no Python with aio-pika (run `bash scripts/python-env.sh`)")?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peer/aio_pika_bench.py");
     let output = Command::new(python)
         .arg(script)
-        .args(["--concurrency", "1", "64"])
+        .arg("--concurrency")
+        .args(levels.iter().map(ToString::to_string))
         .args(["--seconds", &settings.duration.as_secs_f64().to_string()])
         .args(["--warmup", &settings.warmup.as_secs_f64().to_string()])
         .args(["--reps", &settings.reps.to_string()])
@@ -35,12 +36,12 @@ pub fn run(settings: &Settings) -> Result<Vec<Summary>, String> {
     let runs: Vec<serde_json::Value> =
         String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let mut out = Vec::new();
-    for concurrency in [1u64, 64] {
-        let mine: Vec<_> = runs.iter().filter(|r| r["concurrency"].as_u64() == Some(concurrency)).collect();
+    for &concurrency in levels {
+        let mine: Vec<_> = runs.iter().filter(|r| r["concurrency"].as_u64() == Some(concurrency as u64)).collect();
         let col = |k: &str| median(mine.iter().filter_map(|r| r[k].as_f64()).collect());
         out.push(Summary {
             name: "aio-pika RPC (peer)".into(),
-            concurrency: concurrency as usize,
+            concurrency,
             rate: col("rate"),
             p50_ms: col("p50_ms"),
             p99_ms: col("p99_ms"),

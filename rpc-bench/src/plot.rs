@@ -13,7 +13,8 @@ pub type Series<'a> = (&'a str, Vec<&'a Summary>);
 const COLORS: [RGBColor; 4] =
     [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
 
-/// Draws `value` of every series against clients (log scale) into `path`.
+/// Draws `value` of every series against its concurrency (clients, calls in flight; log scale)
+/// into `path`.
 ///
 /// # Errors
 /// When the file cannot be written.
@@ -21,6 +22,7 @@ pub fn draw(
     path: &Path,
     title: &str,
     y_label: &str,
+    x_label: &str,
     series: &[Series<'_>],
     value: impl Fn(&Summary) -> f64,
 ) -> Result<(), String> {
@@ -37,7 +39,7 @@ pub fn draw(
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("clients (each: one connection per request, one call after another)")
+        .x_desc(x_label)
         .y_desc(y_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()

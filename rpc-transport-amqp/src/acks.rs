@@ -3,8 +3,8 @@
 //!
 //! Why: an ack costs the broker nearly as much as a publish. The raw lapin floor of
 //! `rpc-bench` ran at 1.37-1.39× its own throughput at 64 in flight with its consumer in
-//! no-ack mode (BENCHMARKS.md, "Batched acks"); one `multiple` ack for a run of answered
-//! requests keeps at-least-once delivery and saves most of that.
+//! no-ack mode (BENCHMARKS.md, "Batched acks, and the confirm read late"); one `multiple` ack
+//! for a run of answered requests keeps at-least-once delivery and saves much of that.
 //!
 //! What keeps it correct:
 //! - The broker numbers the deliveries of a channel 1, 2, 3, … (every delivery, those of no-ack
