@@ -25,8 +25,8 @@ use crate::{wire, Codec};
 
 type Outcome = Result<Reply, RpcError>;
 
-/// How long a call waits for its reply before it reads its publisher confirm (see
-/// `publish_and_wait`): the most a returned or nacked request's failure is delayed.
+/// How long after its publish a call waits for its reply before it reads its publisher
+/// confirm (see `publish_and_wait`): a returned or nacked request fails no sooner.
 pub(crate) const CONFIRM_GRACE: Duration = Duration::from_millis(5);
 
 /// Stands in for deadlines too far away to represent.
@@ -263,24 +263,33 @@ async fn publish_and_wait(
         Ok(Ok(confirm)) => confirm,
     };
     let mut rx = rx;
+    // However this call ends from here (answered, failed, timed out, cancelled), its confirm
+    // is read: it may carry another call's returned request.
+    let mut unread = Unread { link: &link, pending, method, correlation_id, confirm: Some((confirm, channel)) };
     if link.confirms() {
         // A reply means the broker took the request, so the confirm is read only when no reply
-        // has come within `CONFIRM_GRACE`: an answered call is not woken for its confirm. A
-        // returned or nacked request (no reply will come) fails at most that much later.
+        // has come `CONFIRM_GRACE` after the publish: an answered call is not woken for its
+        // confirm, and a returned or nacked request fails that long after the publish (or when
+        // its confirm comes, if later).
         let grace = tokio::time::sleep_until((Instant::now() + CONFIRM_GRACE).min(deadline));
         tokio::select! {
             biased;
-            outcome = &mut rx => {
-                confirmed_late(&link, channel, pending, method, correlation_id, confirm);
-                return outcome.unwrap_or(Err(RpcError::Closed));
-            }
+            outcome = &mut rx => return outcome.unwrap_or(Err(RpcError::Closed)),
             () = grace => {}
         }
     }
-    match tokio::time::timeout_at(deadline, confirm).await {
-        Err(_) => return Err(RpcError::deadline(method, timeout)),
-        Ok(Err(e)) => return Err(publish_failed(&link, &channel, method, e)),
-        Ok(Ok(confirmation)) => read_confirmation(&link, &channel, pending, method, correlation_id, confirmation)?,
+    if let Some((confirm, _)) = unread.confirm.as_mut() {
+        let confirmed = tokio::select! {
+            biased;
+            outcome = &mut rx => return outcome.unwrap_or(Err(RpcError::Closed)),
+            confirmed = tokio::time::timeout_at(deadline, confirm) => confirmed,
+        };
+        let Some((_, channel)) = unread.confirm.take() else { unreachable!("the confirm was just read") };
+        match confirmed {
+            Err(_) => return Err(RpcError::deadline(method, timeout)),
+            Ok(Err(e)) => return Err(publish_failed(&link, &channel, method, e)),
+            Ok(Ok(confirmation)) => read_confirmation(&link, &channel, pending, method, correlation_id, confirmation)?,
+        }
     }
     match tokio::time::timeout_at(deadline, rx).await {
         Err(_) => Err(RpcError::deadline(method, timeout)),
@@ -290,31 +299,51 @@ async fn publish_and_wait(
     }
 }
 
-/// Reads the confirm of a call already answered (here by now, almost always: it comes before
-/// the reply on the same connection), which may still carry another call's returned request or
-/// a nack; a confirm still to come is awaited by a task of its own.
-fn confirmed_late(
+/// A call's publisher confirm not read yet, with the channel it was published on (held until
+/// the confirm comes: a replaced request channel stays open for it). Dropped unread, it reads
+/// the confirm at once if it has come, or from a task of its own: lapin keeps a confirm
+/// dropped unread until `wait_for_confirms`, which a confirming channel never calls, and what
+/// it carries (another call's returned request, a nack) must still reach its call.
+struct Unread<'a> {
+    link: &'a Arc<Link>,
+    pending: &'a Arc<Pending>,
+    method: &'a str,
+    correlation_id: &'a str,
+    confirm: Option<(lapin::PublisherConfirm, lapin::Channel)>,
+}
+
+impl Drop for Unread<'_> {
+    fn drop(&mut self) {
+        let Some((mut confirm, channel)) = self.confirm.take() else { return };
+        let (link, pending, method, id) = (self.link, self.pending, self.method, self.correlation_id);
+        match (&mut confirm).now_or_never() {
+            Some(confirmed) => read_late(link, &channel, pending, method, id, confirmed),
+            None => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+                let (link, pending) = (Arc::clone(link), Arc::clone(pending));
+                let (method, id) = (method.to_owned(), id.to_owned());
+                runtime.spawn(async move {
+                    let confirmed = confirm.await;
+                    read_late(&link, &channel, &pending, &method, &id, confirmed);
+                });
+            }
+        }
+    }
+}
+
+/// Takes in the confirm of a call that has ended: a returned request of another call fails
+/// that call, a nack renews the request channel, a failed channel is reported.
+fn read_late(
     link: &Arc<Link>,
-    channel: lapin::Channel,
-    pending: &Arc<Pending>,
+    channel: &lapin::Channel,
+    pending: &Pending,
     method: &str,
     correlation_id: &str,
-    mut confirm: lapin::PublisherConfirm,
+    confirmed: Result<lapin::Confirmation, lapin::Error>,
 ) {
-    match (&mut confirm).now_or_never() {
-        Some(Ok(confirmation)) => {
-            drop(read_confirmation(link, &channel, pending, method, correlation_id, confirmation))
-        }
-        Some(Err(_)) => {}
-        None => {
-            let (link, pending) = (Arc::clone(link), Arc::clone(pending));
-            let (method, id) = (method.to_owned(), correlation_id.to_owned());
-            tokio::spawn(async move {
-                if let Ok(confirmation) = confirm.await {
-                    drop(read_confirmation(&link, &channel, &pending, &method, &id, confirmation));
-                }
-            });
-        }
+    match confirmed {
+        Ok(confirmation) => drop(read_confirmation(link, channel, pending, method, correlation_id, confirmation)),
+        Err(e) => link.publish_failed(channel, &e),
     }
 }
 

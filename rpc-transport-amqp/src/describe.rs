@@ -92,8 +92,15 @@ pub(crate) async fn serve_describe(catalog: Arc<Catalog>, link: Arc<Link>, mut r
         };
         let properties =
             wire::reply_properties(Codec::Json, props.correlation_id().as_ref(), wire::TYPE_RESULT, wire::TRANSIENT);
-        let published =
-            link.server.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &body, properties).await;
+        // The confirm is awaited too (the serving channel confirms when it is a caller's
+        // channel shared with the calling side): lapin keeps one dropped unread.
+        let published = async {
+            link.server
+                .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &body, properties)
+                .await?
+                .await
+        }
+        .await;
         if let Err(e) = published {
             debug!(error = %e, "answering a describe request");
             return;
