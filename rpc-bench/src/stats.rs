@@ -53,6 +53,9 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 
 impl Summary {
     pub fn of(name: &str, concurrency: usize, runs: &[Run]) -> Self {
+        // Progress on stderr, so that a long `all` run shows where it is (the tables go to
+        // stdout when each part ends).
+        eprintln!("  measured: {name}, concurrency {concurrency} ({} runs)", runs.len());
         Summary {
             name: name.to_owned(),
             concurrency,
