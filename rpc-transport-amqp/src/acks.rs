@@ -159,10 +159,7 @@ impl State {
     fn plan(&mut self, now: Instant) -> Plan {
         let mut plan = Plan::default();
         if !self.coalesce {
-            for (tag, how, keep) in self.single.drain(..) {
-                plan.frames.push(Frame::of(tag, how));
-                plan.kept.extend(keep);
-            }
+            self.drain_single(&mut plan);
             return plan;
         }
         // Rejects go out on their own, before an ack that may cover them.
@@ -213,7 +210,9 @@ impl State {
                 ranges = self.done.len(),
                 "deliveries past an unsettled one are too scattered to track; acking one request at a time on this channel from now on"
             );
-            self.stop_coalescing(&mut plan);
+            self.stop_coalescing();
+            self.drain_single(&mut plan);
+            plan.next = None;
         }
         plan
     }
@@ -225,16 +224,26 @@ impl State {
         keep
     }
 
-    /// Adds everything still waiting to `plan`, each on its own, and coalesces no more.
-    fn stop_coalescing(&mut self, plan: &mut Plan) {
-        for (tag, (how, keep)) in std::mem::take(&mut self.waiting) {
+    /// Coalesces no more: everything still waiting goes out on its own, in tag order.
+    fn stop_coalescing(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        self.single.extend(waiting.into_iter().map(|(tag, (how, keep))| (tag, how, keep)));
+        self.done.clear();
+        self.gap_since = None;
+        self.coalesce = false;
+    }
+
+    /// Adds the settlements made while not coalescing to `plan`, one frame each.
+    fn drain_single(&mut self, plan: &mut Plan) {
+        for (tag, how, keep) in self.single.drain(..) {
             plan.frames.push(Frame::of(tag, how));
             plan.kept.extend(keep);
         }
-        self.done.clear();
-        self.gap_since = None;
-        plan.next = None;
-        self.coalesce = false;
+    }
+
+    /// Whether everything settled here has been written, or never will be (the channel failed).
+    fn settled(&self) -> bool {
+        self.failed || self.idle()
     }
 
     /// Whether everything settled here has been written.
@@ -280,14 +289,7 @@ impl Acks {
     pub(crate) fn shut(&self) {
         let mut state = self.lock();
         if state.coalesce {
-            let mut plan = Plan::default();
-            state.stop_coalescing(&mut plan);
-            state.single.extend(plan.frames.into_iter().zip(plan.kept.into_iter().map(Some)).map(|(frame, keep)| {
-                match frame {
-                    Frame::Ack { tag, .. } => (tag, Settle::Ack, keep),
-                    Frame::Reject { tag } => (tag, Settle::Reject, keep),
-                }
-            }));
+            state.stop_coalescing();
         }
         drop(state);
         self.wake.notify_one();
@@ -297,7 +299,7 @@ impl Acks {
     /// `limit`: a close waits for it before it closes the connection.
     pub(crate) async fn flushed(&self, limit: Duration) {
         let until = Instant::now() + limit;
-        while !self.lock().idle() && !self.lock().failed && Instant::now() < until {
+        while Instant::now() < until && !self.lock().settled() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -466,9 +468,8 @@ mod tests {
         let mut state = State::new(true);
         settle(&mut state, &[3], Settle::Ack);
         settle(&mut state, &[2], Settle::Reject);
-        let mut plan = Plan::default();
-        state.stop_coalescing(&mut plan);
-        assert_eq!(plan.frames, vec![Frame::Reject { tag: 2 }, acked(3)]);
+        state.stop_coalescing();
+        assert_eq!(state.plan(now).frames, vec![Frame::Reject { tag: 2 }, acked(3)]);
         settle(&mut state, &[1], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![acked(1)]);
     }

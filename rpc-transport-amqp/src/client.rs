@@ -238,7 +238,7 @@ async fn publish_and_wait(
         )));
     }
     let link = link?;
-    let (tx, rx) = oneshot::channel();
+    let (tx, mut rx) = oneshot::channel();
     let waiter = Waiter { tx, deadline, timeout, target: method.to_owned(), codec };
     let _entry = pending.insert(correlation_id.to_owned(), waiter);
     // The session fails every waiting call when it learns the link died; a link that died
@@ -262,7 +262,6 @@ async fn publish_and_wait(
         Ok(Err(e)) => return Err(publish_failed(&link, &channel, method, e)),
         Ok(Ok(confirm)) => confirm,
     };
-    let mut rx = rx;
     // However this call ends from here (answered, failed, timed out, cancelled), its confirm
     // is read: it may carry another call's returned request.
     let mut unread = Unread { link: &link, pending, method, correlation_id, confirm: Some((confirm, channel)) };

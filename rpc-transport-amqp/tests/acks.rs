@@ -95,11 +95,15 @@ async fn a_slow_request_holds_back_no_other_requests_prefetch_slot() {
     let client = Rpc::connect(&url).await.expect("client connects");
     let method = common::unique("acks.slow");
     let slow_done = Arc::new(AtomicBool::new(false));
-    let done = Arc::clone(&slow_done);
+    let slow_started = Arc::new(tokio::sync::Notify::new());
+    let (done, started) = (Arc::clone(&slow_done), Arc::clone(&slow_started));
     server
         .register_async(&method, move |n: Nap| {
-            let done = Arc::clone(&done);
+            let (done, started) = (Arc::clone(&done), Arc::clone(&started));
             async move {
+                if n.ms >= 1000 {
+                    started.notify_one();
+                }
                 tokio::time::sleep(Duration::from_millis(n.ms)).await;
                 if n.ms >= 1000 {
                     done.store(true, Ordering::SeqCst);
@@ -113,7 +117,8 @@ async fn a_slow_request_holds_back_no_other_requests_prefetch_slot() {
         let (client, method) = (client.clone(), method.clone());
         tokio::spawn(async move { client.call::<u64>(&method, kwargs! {"ms" => 8000, "fail" => false}).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow request holds its slot (and the lowest delivery tag) before the quick ones go.
+    slow_started.notified().await;
     let started = Instant::now();
     for _ in 0..20 {
         assert_eq!(client.call::<u64>(&method, kwargs! {"ms" => 1, "fail" => false}).await.unwrap(), 1);
