@@ -1,14 +1,20 @@
 //! RabbitMQ scenarios: `rpc.call` on a registered `multiply` against (d) a raw lapin floor
 //! with the same process layout (a server connection and a client connection, in one process
 //! or the server in a child process): publish with a correlation id and `reply_to`, an echo
-//! server, no serialization, no deadlines, no publisher confirms.
+//! server, no serialization, no deadlines, no publisher confirms. Two stronger floors split
+//! the difference: (d′) carries the framework's message properties, (e) also has publisher
+//! confirms, as the framework's default does; what is left between (e) and `rpc.call` is the
+//! framework's own work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rpc_core::{kwargs, Context};
@@ -108,6 +114,8 @@ impl Framework {
 #[derive(Clone)]
 struct Floor {
     channel: Channel,
+    /// The channel is in confirm mode; each call reads its publisher confirm after its reply.
+    confirms: bool,
     queue: String,
     reply_queue: String,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>,
@@ -120,14 +128,17 @@ impl Floor {
         let server_conn = Connection::connect(&url(), ConnectionProperties::default()).await.expect("connect");
         let queue = unique("floor");
         floor_server(&server_conn, &queue).await;
-        Floor::client(queue, Some(server_conn)).await
+        Floor::client(queue, Some(server_conn), false).await
     }
 
     /// The floor's client, calling `queue` (served by [`floor_server`], here or in another
-    /// process); keeps `server_conn` alive with it.
-    async fn client(queue: String, server_conn: Option<Connection>) -> Self {
+    /// process), with publisher confirms when `confirms`; keeps `server_conn` alive with it.
+    async fn client(queue: String, server_conn: Option<Connection>, confirms: bool) -> Self {
         let client_conn = Connection::connect(&url(), ConnectionProperties::default()).await.expect("connect");
         let channel = client_conn.create_channel().await.expect("channel");
+        if confirms {
+            channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+        }
         let reply = channel
             .queue_declare(
                 "".into(),
@@ -157,11 +168,12 @@ impl Floor {
                 }
             }
         });
-        Floor { channel, queue, reply_queue, pending, _connections: Arc::new((server_conn, client_conn)) }
+        Floor { channel, confirms, queue, reply_queue, pending, _connections: Arc::new((server_conn, client_conn)) }
     }
 
     /// One call; `framed`: with the framework's request properties (type, content type,
-    /// `From` and deadline headers, TTL, timestamp) and `mandatory`, still without confirms.
+    /// `From` and deadline headers, TTL, timestamp) and `mandatory`. On a confirming channel
+    /// the call reads its confirm after the reply (by then it has come) and fails on a nack.
     async fn call(&self, body: &[u8], framed: bool) -> Option<Vec<u8>> {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
@@ -186,8 +198,13 @@ impl Floor {
                 BasicPublishOptions::default(),
             )
         };
-        self.channel.basic_publish("".into(), self.queue.as_str().into(), options, body, props).await.ok()?;
-        rx.await.ok()
+        let confirm =
+            self.channel.basic_publish("".into(), self.queue.as_str().into(), options, body, props).await.ok()?;
+        let reply = rx.await.ok()?;
+        if self.confirms && !confirm.await.ok()?.is_ack() {
+            return None;
+        }
+        Some(reply)
     }
 }
 
@@ -265,8 +282,8 @@ impl Layout {
 /// Which of [`run`]'s scenarios run (all by default).
 #[derive(Default, PartialEq, Eq)]
 pub struct Pick {
-    /// Only the scenarios whose name (without the layout's suffix) ends with this.
-    pub only: Option<String>,
+    /// Only the scenarios whose name (without the layout's suffix) ends with one of these.
+    pub only: Option<Vec<String>>,
     /// Only this concurrency.
     pub in_flight: Option<usize>,
     /// The concurrencies to run (1 and 64 by default).
@@ -285,9 +302,11 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
             let (multiply, echo, queue) = (unique("multiply"), unique("echo"), unique("floor"));
             children.push(ServerProcess::spawn("framework", &multiply, &echo).expect("framework server process"));
             children.push(ServerProcess::spawn("floor", &queue, "").expect("floor server process"));
-            (rt.block_on(Framework::clients(multiply, echo)), rt.block_on(Floor::client(queue, None)))
+            (rt.block_on(Framework::clients(multiply, echo)), rt.block_on(Floor::client(queue, None, false)))
         }
     };
+    // (e): a client of its own, on a confirming channel, calling the same floor server.
+    let confirmed = rt.block_on(Floor::client(floor.queue.clone(), None, true));
     let framework = Arc::new(framework);
     let suffix = layout.label();
     let names = [
@@ -295,14 +314,17 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
         format!("rpc.call multiply{suffix}"),
         format!("rpc.call multiply, publisher confirms off{suffix}"),
         format!("(d′) floor with the framework's properties{suffix}"),
+        format!("(e) floor with the framework's properties and publisher confirms{suffix}"),
     ];
     let wanted = |name: &str| {
-        pick.only.as_deref().map_or(true, |only| name.strip_suffix(suffix).unwrap_or(name).ends_with(only))
+        let bare = name.strip_suffix(suffix).unwrap_or(name);
+        pick.only.as_ref().map_or(true, |only| only.iter().any(|end| bare.ends_with(end.as_str())))
     };
     let mut out = Vec::new();
     let levels = pick.levels.clone().unwrap_or_else(|| vec![1, 64]);
     for concurrency in levels.into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
-        let (mut ours, mut unconfirmed, mut raw, mut framed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ours, mut unconfirmed, mut raw, mut framed, mut confirming) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.reps {
             for (confirms, runs) in [(true, &mut ours), (false, &mut unconfirmed)] {
                 if !wanted(&names[if confirms { 1 } else { 2 }]) {
@@ -318,18 +340,18 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
                     }
                 }));
             }
-            for (shaped, runs) in [(false, &mut raw), (true, &mut framed)] {
-                if !wanted(&names[if shaped { 3 } else { 0 }]) {
+            for (index, shaped, runs) in [(0, false, &mut raw), (3, true, &mut framed), (4, true, &mut confirming)] {
+                if !wanted(&names[index]) {
                     continue;
                 }
-                let fl = floor.clone();
+                let fl = if index == 4 { confirmed.clone() } else { floor.clone() };
                 runs.push(measure(&rt, concurrency, settings, move |_, _| {
                     let fl = fl.clone();
                     async move { fl.call(b"x", shaped).await.is_some() }
                 }));
             }
         }
-        for (name, runs) in names.iter().zip([raw, ours, unconfirmed, framed]) {
+        for (name, runs) in names.iter().zip([raw, ours, unconfirmed, framed, confirming]) {
             if !runs.is_empty() {
                 out.push(Summary::of(name, concurrency, &runs));
             }

@@ -45,8 +45,8 @@ enum What {
         /// Only this layout (both by default).
         #[arg(long, value_enum)]
         layout: Option<amqp::Layout>,
-        /// Only the scenarios whose name ends with this (`floor`, `multiply`, `confirms off`),
-        /// for profiling one of them.
+        /// Only the scenarios whose name ends with this (`floor`, `multiply`, `confirms off`,
+        /// `properties`, `publisher confirms`), for profiling one of them.
         #[arg(long)]
         only: Option<String>,
         /// Only this many in flight (1 and 64 by default).
@@ -174,7 +174,7 @@ fn main() {
         What::Amqp { layout, only, in_flight } => (
             *layout != Some(amqp::Layout::TwoProcesses),
             *layout != Some(amqp::Layout::OneProcess),
-            amqp::Pick { only: only.clone(), in_flight: *in_flight, levels: None },
+            amqp::Pick { only: only.clone().map(|only| vec![only]), in_flight: *in_flight, levels: None },
         ),
         _ => (false, false, amqp::Pick::default()),
     };
@@ -198,11 +198,9 @@ fn main() {
     }
     if let What::AmqpPlot { out } = &cli.what {
         let levels = [1, 4, 16, 64, 256];
-        let pick = amqp::Pick { levels: Some(levels.to_vec()), ..amqp::Pick::default() };
-        let mut rows: Vec<_> = amqp::run(&settings, amqp::Layout::OneProcess, &pick)
-            .into_iter()
-            .filter(|r| r.name == "(d) raw lapin floor" || r.name == "rpc.call multiply")
-            .collect();
+        let only = Some(vec!["floor".to_owned(), "multiply".to_owned()]);
+        let pick = amqp::Pick { only, levels: Some(levels.to_vec()), ..amqp::Pick::default() };
+        let mut rows = amqp::run(&settings, amqp::Layout::OneProcess, &pick);
         match peer::run(&settings, &levels) {
             Ok(peer) => rows.extend(peer),
             Err(why) => println!("\n(aio-pika peer skipped: {why})"),
