@@ -2,8 +2,8 @@
 //! with the same process layout (a server connection and a client connection, in one process
 //! or the server in a child process): publish with a correlation id and `reply_to`, an echo
 //! server, no serialization, no deadlines, no publisher confirms. Two stronger floors split
-//! the difference: (d′) carries the framework's message properties, (e) also has publisher
-//! confirms, as the framework's default does; what is left between (e) and `rpc.call` is the
+//! the difference: (d′) carries the framework's message properties, (d″) also has publisher
+//! confirms, as the framework's default does; what is left between (d″) and `rpc.call` is the
 //! framework's own work.
 
 use std::collections::HashMap;
@@ -305,7 +305,7 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
             (rt.block_on(Framework::clients(multiply, echo)), rt.block_on(Floor::client(queue, None, false)))
         }
     };
-    // (e): a client of its own, on a confirming channel, calling the same floor server.
+    // (d″): a client of its own, on a confirming channel, calling the same floor server.
     let confirmed = rt.block_on(Floor::client(floor.queue.clone(), None, true));
     let framework = Arc::new(framework);
     let suffix = layout.label();
@@ -314,7 +314,7 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
         format!("rpc.call multiply{suffix}"),
         format!("rpc.call multiply, publisher confirms off{suffix}"),
         format!("(d′) floor with the framework's properties{suffix}"),
-        format!("(e) floor with the framework's properties and publisher confirms{suffix}"),
+        format!("(d″) floor with the framework's properties and publisher confirms{suffix}"),
     ];
     let wanted = |name: &str| {
         let bare = name.strip_suffix(suffix).unwrap_or(name);
