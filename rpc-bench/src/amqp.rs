@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use rpc_core::{kwargs, Context};
 use rpc_transport_amqp::Rpc;
 use serde::Deserialize;
@@ -173,10 +173,10 @@ impl Floor {
 
     /// One call; `framed`: with the framework's request properties (type, content type,
     /// `From` and deadline headers, TTL, timestamp) and `mandatory`. On a confirming channel
-    /// the call reads its confirm after the reply (by then it has come) and fails on a nack.
+    /// the call also waits for its confirm and fails on a nack or a returned request.
     async fn call(&self, body: &[u8], framed: bool) -> Option<Vec<u8>> {
         let id = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.pending.lock().expect("pending map").insert(id.clone(), tx);
         let reply_to: ShortString = self.reply_queue.as_str().into();
         let (props, options) = if framed {
@@ -198,13 +198,28 @@ impl Floor {
                 BasicPublishOptions::default(),
             )
         };
-        let confirm =
+        let mut confirm =
             self.channel.basic_publish("".into(), self.queue.as_str().into(), options, body, props).await.ok()?;
-        let reply = rx.await.ok()?;
-        if self.confirms && !confirm.await.ok()?.is_ack() {
-            return None;
+        if !self.confirms {
+            return rx.await.ok();
         }
-        Some(reply)
+        // As a hand-written client would: whichever comes first, the reply or the confirm; a
+        // nack or a returned request fails the call at once.
+        tokio::select! {
+            reply = &mut rx => {
+                // The confirm is read even so: lapin keeps a confirm dropped unread.
+                if (&mut confirm).now_or_never().is_none() {
+                    tokio::spawn(confirm);
+                }
+                return reply.ok();
+            }
+            confirmed = &mut confirm => {
+                if !matches!(confirmed.ok()?, Confirmation::Ack(None)) {
+                    return None;
+                }
+            }
+        }
+        rx.await.ok()
     }
 }
 
@@ -305,8 +320,6 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
             (rt.block_on(Framework::clients(multiply, echo)), rt.block_on(Floor::client(queue, None, false)))
         }
     };
-    // (d″): a client of its own, on a confirming channel, calling the same floor server.
-    let confirmed = rt.block_on(Floor::client(floor.queue.clone(), None, true));
     let framework = Arc::new(framework);
     let suffix = layout.label();
     let names = [
@@ -320,6 +333,8 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
         let bare = name.strip_suffix(suffix).unwrap_or(name);
         pick.only.as_ref().map_or(true, |only| only.iter().any(|end| bare.ends_with(end.as_str())))
     };
+    // (d″): a client of its own, on a confirming channel, calling the same floor server.
+    let confirmed = wanted(&names[4]).then(|| rt.block_on(Floor::client(floor.queue.clone(), None, true)));
     let mut out = Vec::new();
     let levels = pick.levels.clone().unwrap_or_else(|| vec![1, 64]);
     for concurrency in levels.into_iter().filter(|c| pick.in_flight.map_or(true, |p| p == *c)) {
@@ -344,7 +359,7 @@ pub fn run(settings: &Settings, layout: Layout, pick: &Pick) -> Vec<Summary> {
                 if !wanted(&names[index]) {
                     continue;
                 }
-                let fl = if index == 4 { confirmed.clone() } else { floor.clone() };
+                let fl = if index == 4 { confirmed.clone().expect("(d″) is wanted") } else { floor.clone() };
                 runs.push(measure(&rt, concurrency, settings, move |_, _| {
                     let fl = fl.clone();
                     async move { fl.call(b"x", shaped).await.is_some() }
