@@ -48,7 +48,7 @@ pub(crate) struct Pending {
 }
 
 /// Removes its call from [`Pending`] when the call ends, however it ends (cancelled too).
-struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     pending: &'a Pending,
     id: String,
 }
@@ -67,6 +67,17 @@ impl Pending {
     fn insert(&self, id: String, waiter: Waiter) -> Entry<'_> {
         self.lock().insert(id.clone(), waiter);
         Entry { pending: self, id }
+    }
+
+    /// Registers a mandatory publish that is not a call (a describe request) under `id`, for
+    /// as long as the entry lives: lapin may hand its return to any confirmation of the
+    /// channel, a call's included, and the call's reader then fails it here. The receiver gets
+    /// that failure; nothing else is sent to it (its answers do not come to the reply queue).
+    pub(crate) fn watch(&self, id: &str, target: &str, wait: Duration) -> (Entry<'_>, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now().checked_add(wait).unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+        let waiter = Waiter { tx, deadline, timeout: wait, target: target.to_owned(), codec: Codec::Json };
+        (self.insert(id.to_owned(), waiter), rx)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -349,8 +360,8 @@ fn read_late(
 /// What the broker's confirmation of call `correlation_id`'s request says: the call's own
 /// failure, if any. A nack makes later requests go out on a fresh channel; a returned request
 /// of another call, which lapin may hand to this confirmation when the broker confirms several
-/// publishes at once, fails that call.
-fn read_confirmation(
+/// publishes at once, fails that call (or the describe request [`Pending::watch`]es it).
+pub(crate) fn read_confirmation(
     link: &Arc<Link>,
     channel: &lapin::Channel,
     pending: &Pending,

@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::client::{read_confirmation, Pending};
 use crate::link::Link;
 use crate::{wire, Codec};
 
@@ -112,7 +113,15 @@ pub(crate) async fn serve_describe(catalog: Arc<Catalog>, link: Arc<Link>, mut r
 /// merges them: `{"servers": n, "services": [...], "definitions": {...}, "methods": [...]}`,
 /// services told apart by name (servers of one service describe it alike; the first answer's
 /// description is kept).
-pub(crate) async fn describe(link: Result<Arc<Link>, RpcError>, wait: Duration) -> Result<Value, RpcError> {
+///
+/// The request is published like a call (on the request channel, `mandatory`) and its return
+/// is read like a call's: watched in `pending`, since lapin may hand it to a call's
+/// confirmation, and a call's return handed to this request's confirmation fails that call.
+pub(crate) async fn describe(
+    link: Result<Arc<Link>, RpcError>,
+    pending: &Arc<Pending>,
+    wait: Duration,
+) -> Result<Value, RpcError> {
     let link = link?;
     let broker = |what: &str, e: lapin::Error| RpcError::transport(format!("describe: {what}: {e}"), e);
     let channel = &link.client;
@@ -135,10 +144,13 @@ pub(crate) async fn describe(link: Result<Arc<Link>, RpcError>, wait: Duration) 
         .await
         .map_err(|e| broker("consuming the answers", e))?;
     let id = Uuid::new_v4().to_string();
+    let (_watched, mut returned) = pending.watch(&id, wire::DESCRIBE_EXCHANGE, wait);
     let deadline_ms = wire::now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
     let properties = wire::request_properties(Codec::Json, &id, &queue, wait, deadline_ms, &Context::default());
+    let unserved = || nobody("no server of this vhost answers describe requests (none serves anything)".into());
     let gathered = async {
-        let confirmation = channel
+        let requests = link.requests();
+        let confirm = requests
             .basic_publish(
                 wire::DESCRIBE_EXCHANGE.into(),
                 "".into(),
@@ -147,15 +159,34 @@ pub(crate) async fn describe(link: Result<Arc<Link>, RpcError>, wait: Duration) 
                 properties,
             )
             .await
-            .map_err(|e| broker("publishing the request", e))?
-            .await
             .map_err(|e| broker("publishing the request", e))?;
-        if confirmation.take_message().is_some() {
-            return Err(nobody("no server of this vhost answers describe requests (none serves anything)".into()));
-        }
+        // Read in a task of its own: a describe request dropped before its confirm comes still
+        // hands on another call's return that the confirm carries.
+        let (link, pending, own) = (Arc::clone(&link), Arc::clone(pending), id.clone());
+        let confirmed =
+            tokio::spawn(async move {
+                let confirmation = confirm.await.map_err(|e| broker("publishing the request", e))?;
+                // Refused: returned (no server binds to the exchange) or nacked (said as such).
+                let nacked = confirmation.is_nack();
+                read_confirmation(&link, &requests, &pending, wire::DESCRIBE_EXCHANGE, &own, confirmation)
+                    .map_err(|e| if nacked { e } else { unserved() })
+            });
+        confirmed.await.map_err(|_| RpcError::Closed)??;
         let mut replies = Vec::new();
         let until = tokio::time::Instant::now() + wait;
-        while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(until, answers.next()).await {
+        loop {
+            let delivery = tokio::select! {
+                // Returned, with its return handed to another publish's confirmation (or, with
+                // publisher confirms off, collected by the link's return loop); or the link lost.
+                Ok(failed) = &mut returned => return Err(match failed {
+                    Err(RpcError::Unavailable { .. }) | Ok(_) => unserved(),
+                    Err(e) => e,
+                }),
+                next = tokio::time::timeout_at(until, answers.next()) => match next {
+                    Ok(Some(Ok(delivery))) => delivery,
+                    _ => break,
+                },
+            };
             if delivery.properties.correlation_id().as_ref().is_some_and(|c| c.as_str() == id) {
                 match Codec::Json.decode(&delivery.data) {
                     Ok(value) => replies.push(value),

@@ -465,7 +465,7 @@ impl Rpc {
     /// [`RpcError::Unavailable`] when no server serves anything on the vhost, or none answered
     /// within `wait`; [`RpcError::Transport`] without a link.
     pub async fn describe(&self, wait: Duration) -> Result<Value, RpcError> {
-        crate::describe::describe(self.session.link(), wait).await
+        crate::describe::describe(self.session.link(), self.session.pending(), wait).await
     }
 
     /// The broker the `Rpc` is connected to now (its URL, password redacted); `None` while

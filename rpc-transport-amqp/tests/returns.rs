@@ -70,3 +70,61 @@ async fn mixed_burst(publisher_confirms: bool) {
     client.close().await.expect("client closes");
     server.close().await.expect("server closes");
 }
+
+/// A describe request is a mandatory publish on the same channel as calls: a call's return
+/// that lapin hands to the describe request's confirmation must still fail that call (and
+/// not make the describe request say nobody serves), and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_requests_among_unroutable_calls_each_get_their_own_outcome() {
+    let url = common::url();
+    let server = Rpc::connect(&url).await.expect("server connects");
+    let client = Rpc::connect(&url).await.expect("client connects");
+    let served = common::unique("returns.described");
+    let missing = common::unique("returns.missing");
+    server
+        .register_async(&served, |d: Double| async move { Ok::<_, std::convert::Infallible>(d.x * 2) })
+        .await
+        .expect("register");
+
+    // Unroutable calls from 64 callers without a pause, and describe requests one after
+    // another meanwhile: each describe request's publish is confirmed in the same batches as
+    // returned calls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers = (0..64i64).map(|w| {
+        let (client, missing, stop) = (client.clone(), missing.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut calls = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let options = CallOptions::new().with_deadline(Duration::from_secs(20));
+                let started = std::time::Instant::now();
+                match client.call_with::<i64>(&missing, kwargs! {"x" => w}, options).await {
+                    Err(RpcError::Unavailable { target, .. }) => assert_eq!(target, missing, "caller {w}"),
+                    other => panic!("caller {w}: unroutable call got {other:?} after {:?}", started.elapsed()),
+                }
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(10), "caller {w}: unroutable call took {took:?}");
+                calls += 1;
+            }
+            calls
+        })
+    });
+    let callers: Vec<_> = callers.collect();
+    for round in 0..30 {
+        let description = client
+            .describe(Duration::from_millis(100))
+            .await
+            .unwrap_or_else(|e| panic!("describe request {round} failed: {e}"));
+        assert!(
+            description["methods"].as_array().is_some_and(|m| m.iter().any(|n| n == served.as_str())),
+            "describe request {round}: {description}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut calls = 0;
+    for caller in callers {
+        calls += caller.await.expect("caller");
+    }
+    assert!(calls > 1000, "only {calls} unroutable calls were made beside the describe requests");
+    client.close().await.expect("client closes");
+    server.close().await.expect("server closes");
+}
