@@ -58,6 +58,8 @@ pub(crate) enum Settle {
     Ack,
     /// Rejected without requeue (dead-lettered back to its caller).
     Reject,
+    /// Rejected with requeue: handed back unread, for another consumer to take.
+    Requeue,
 }
 
 /// Kept until the frame settling its request is written (the server's in-flight guard).
@@ -75,15 +77,16 @@ pub(crate) struct Acks {
 enum Frame {
     /// `basic.ack`, `multiple` or not.
     Ack { tag: u64, multiple: bool },
-    /// `basic.reject` without requeue.
-    Reject { tag: u64 },
+    /// `basic.reject`, with or without requeue.
+    Reject { tag: u64, requeue: bool },
 }
 
 impl Frame {
     fn of(tag: u64, how: Settle) -> Frame {
         match how {
             Settle::Ack => Frame::Ack { tag, multiple: false },
-            Settle::Reject => Frame::Reject { tag },
+            Settle::Reject => Frame::Reject { tag, requeue: false },
+            Settle::Requeue => Frame::Reject { tag, requeue: true },
         }
     }
 }
@@ -163,10 +166,14 @@ impl State {
             return plan;
         }
         // Rejects go out on their own, before an ack that may cover them.
-        let rejects: Vec<u64> =
-            self.waiting.iter().filter(|(_, (how, _))| *how == Settle::Reject).map(|(tag, _)| *tag).collect();
-        for tag in rejects {
-            plan.frames.push(Frame::Reject { tag });
+        let rejects: Vec<(u64, Settle)> = self
+            .waiting
+            .iter()
+            .filter(|(_, (how, _))| *how != Settle::Ack)
+            .map(|(tag, (how, _))| (*tag, *how))
+            .collect();
+        for (tag, how) in rejects {
+            plan.frames.push(Frame::of(tag, how));
             plan.kept.extend(self.send_alone(tag));
         }
         // The run: every tag from `run + 1` on that is settled, here or on the broker.
@@ -346,7 +353,7 @@ impl Acks {
         let written = join_all(frames.iter().map(|frame| async move {
             match *frame {
                 Frame::Ack { tag, multiple } => self.channel.basic_ack(tag, BasicAckOptions { multiple }).await,
-                Frame::Reject { tag } => self.channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await,
+                Frame::Reject { tag, requeue } => self.channel.basic_reject(tag, BasicRejectOptions { requeue }).await,
             }
         }))
         .await;
@@ -370,6 +377,10 @@ mod tests {
 
     fn up_to(tag: u64) -> Frame {
         Frame::Ack { tag, multiple: true }
+    }
+
+    fn rejected(tag: u64) -> Frame {
+        Frame::Reject { tag, requeue: false }
     }
 
     fn settle(state: &mut State, tags: &[u64], how: Settle) {
@@ -429,10 +440,23 @@ mod tests {
         settle(&mut state, &[1, 3], Settle::Ack);
         settle(&mut state, &[2, 5], Settle::Reject);
         let frames = state.plan(now).frames;
-        assert_eq!(frames, vec![Frame::Reject { tag: 2 }, Frame::Reject { tag: 5 }, up_to(3)]);
+        assert_eq!(frames, vec![rejected(2), rejected(5), up_to(3)]);
         settle(&mut state, &[4], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![up_to(4)], "5, rejected already, is passed, not named");
         assert_eq!(state.run, 5);
+    }
+
+    #[test]
+    fn a_request_handed_back_is_rejected_with_requeue_alone_and_the_run_passes_it() {
+        let now = Instant::now();
+        let mut state = State::new(true);
+        settle(&mut state, &[1, 3], Settle::Ack);
+        settle(&mut state, &[2], Settle::Requeue);
+        assert_eq!(state.plan(now).frames, vec![Frame::Reject { tag: 2, requeue: true }, up_to(3)]);
+        assert_eq!(state.run, 3);
+        let mut single = State::new(false);
+        settle(&mut single, &[1], Settle::Requeue);
+        assert_eq!(single.plan(now).frames, vec![Frame::Reject { tag: 1, requeue: true }]);
     }
 
     #[test]
@@ -469,7 +493,7 @@ mod tests {
         settle(&mut state, &[3], Settle::Ack);
         settle(&mut state, &[2], Settle::Reject);
         state.stop_coalescing();
-        assert_eq!(state.plan(now).frames, vec![Frame::Reject { tag: 2 }, acked(3)]);
+        assert_eq!(state.plan(now).frames, vec![rejected(2), acked(3)]);
         settle(&mut state, &[1], Settle::Ack);
         assert_eq!(state.plan(now).frames, vec![acked(1)]);
     }
@@ -480,7 +504,7 @@ mod tests {
         let mut state = State::new(false);
         settle(&mut state, &[2, 1], Settle::Ack);
         settle(&mut state, &[3], Settle::Reject);
-        assert_eq!(state.plan(now).frames, vec![acked(2), acked(1), Frame::Reject { tag: 3 }]);
+        assert_eq!(state.plan(now).frames, vec![acked(2), acked(1), rejected(3)]);
     }
 
     #[test]

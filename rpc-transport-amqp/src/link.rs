@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -21,9 +22,13 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::acks::Acks;
+use crate::acks::{Acks, Settle};
 use crate::error::ScrubbedError;
 use crate::{wire, Error, RpcConfig};
+
+/// How long [`Link::withdraw`] waits for each delivery a cancelled consumer still holds
+/// (they are all there once the cancel is confirmed; this bounds a channel that fails meanwhile).
+const WITHDRAW_LIMIT: Duration = Duration::from_secs(5);
 
 /// The death of a link, as reported by the first loop that saw it.
 #[derive(Debug)]
@@ -562,6 +567,27 @@ impl Link {
     /// Cancels one consumer on the serving channel.
     pub(crate) async fn cancel_consumer(&self, tag: ShortString) -> Result<(), lapin::Error> {
         self.server.basic_cancel(tag, BasicCancelOptions::default()).await
+    }
+
+    /// Cancels `consumer`, which nothing is going to read (its method was unregistered, or the
+    /// `Rpc` began to close, while it was being started), and settles what the broker
+    /// delivered to it before the cancel took effect: requests go back to their queue for
+    /// another server (rejected with requeue); a no-ack consumer's deliveries are recorded as
+    /// owed no frame. Dropped unread, requests would stay unacked on the serving channel until
+    /// it closes, and stop the run of acks the channel coalesces.
+    pub(crate) async fn withdraw(&self, mut consumer: Consumer, no_ack: bool) {
+        if self.cancel_consumer(consumer.tag()).await.is_err() {
+            // The channel is gone: the broker requeues what it delivered on it.
+            return;
+        }
+        // After the broker's cancel-ok the stream yields what came before it, then ends.
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(WITHDRAW_LIMIT, consumer.next()).await {
+            if no_ack {
+                self.acks.skip(delivery.delivery_tag);
+            } else {
+                self.acks.settle(delivery.delivery_tag, Settle::Requeue, Box::new(()));
+            }
+        }
     }
 
     /// Whether `name` is consumed (or being started) on this link.

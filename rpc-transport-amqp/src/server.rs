@@ -288,7 +288,7 @@ async fn resume(serving: &Serving, link: &Link, name: &str, registration: &Regis
             }
             // Unregistered meanwhile: the new consumer must not outlive the registration.
             Ok(consumer) => {
-                let _ = link.cancel_consumer(consumer.tag()).await;
+                link.withdraw(consumer, false).await;
                 return None;
             }
             Err(e) => warn!(

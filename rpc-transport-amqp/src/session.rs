@@ -298,7 +298,7 @@ impl Session {
         if !registration.is_active() || !claim.fill(consumer.tag()) {
             // Unregistered (or closing) meanwhile: the consumer must not outlive the
             // registration.
-            let _ = link.cancel_consumer(consumer.tag()).await;
+            link.withdraw(consumer, false).await;
             return Ok(());
         }
         let serving = Arc::clone(&self.serving);
@@ -313,11 +313,10 @@ impl Session {
     async fn start_describing(&self, link: &Arc<Link>) -> Result<(), Error> {
         let Some(claim) = link.claim(wire::DESCRIBE_EXCHANGE) else { return Ok(()) };
         let consumer = link.consume_describe().await?;
-        let tag = consumer.tag();
-        if claim.fill(tag.clone()) {
+        if claim.fill(consumer.tag()) {
             tokio::spawn(describe::serve_describe(Arc::clone(&self.catalog), Arc::clone(link), consumer));
         } else {
-            let _ = link.cancel_consumer(tag).await;
+            link.withdraw(consumer, true).await;
         }
         Ok(())
     }

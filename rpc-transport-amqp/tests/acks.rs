@@ -163,3 +163,73 @@ async fn close_writes_the_acks_of_the_requests_it_waited_for() {
     assert_eq!(settled(&method, Duration::from_secs(5)).await, (0, 0), "nothing requeued");
     client.close().await.expect("client closes");
 }
+
+/// A method unregistered while its consumer is being started: what the broker delivered to
+/// that consumer before its cancel took effect goes back to the queue for another server,
+/// and nothing stays unacked on the serving channel (where it would also stop the run of
+/// coalesced acks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_withdrawn_while_it_starts_hands_back_what_it_was_delivered() {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::BasicProperties;
+
+    let url = common::url();
+    let server = Rpc::builder().with_prefetch(64).connect(&url).await.expect("server connects");
+    let (conn, channel) = common::channel().await;
+    let vhost = rpc_testkit::broker::vhost();
+    for attempt in 0..8 {
+        let method = common::unique("acks.withdrawn");
+        // Requests waiting in the method's queue, as a server gone away leaves them.
+        channel
+            .queue_declare(
+                method.as_str().into(),
+                QueueDeclareOptions::default(),
+                rpc_transport_amqp::wire::method_queue_arguments(),
+            )
+            .await
+            .expect("declare the method queue");
+        for _ in 0..40 {
+            channel
+                .basic_publish(
+                    "".into(),
+                    method.as_str().into(),
+                    BasicPublishOptions::default(),
+                    b"{}",
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+        }
+        let registering = tokio::spawn({
+            let (server, method) = (server.clone(), method.clone());
+            async move {
+                server
+                    .register_async(&method, |_: serde_json::Value| async move { Ok::<_, std::convert::Infallible>(0) })
+                    .await
+            }
+        });
+        // Unregistered as soon as the registration is in, while its consumer starts.
+        while server.unregister(&method).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+        registering.await.expect("register task").expect("register");
+        let started = Instant::now();
+        let unacked = loop {
+            let (name, vhost) = (method.clone(), vhost.clone());
+            let (_, unacked, _) = tokio::task::spawn_blocking(move || {
+                rpc_testkit::broker::queue_counts(&["-p", &vhost], &name).expect("the method queue exists")
+            })
+            .await
+            .expect("rabbitmqctl");
+            if unacked == 0 || started.elapsed() > Duration::from_secs(3) {
+                break unacked;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(unacked, 0, "attempt {attempt}: requests left unacked on the serving channel");
+        channel.queue_delete(method.as_str().into(), QueueDeleteOptions::default()).await.expect("delete");
+    }
+    assert!(server.is_connected(), "the serving channel is still open");
+    server.close().await.expect("server closes");
+    let _ = conn.close(200, "OK".into()).await;
+}
