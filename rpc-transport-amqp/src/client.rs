@@ -101,8 +101,9 @@ impl Pending {
     }
 
     /// Hands a reply to its call. The first reply wins; duplicates, unknown ids and replies
-    /// past the deadline are dropped.
-    fn on_reply(&self, delivery: &Delivery) {
+    /// past the deadline are dropped. A reply over `max_body` bytes fails its call undecoded
+    /// (a JSON body decodes into several times its size).
+    fn on_reply(&self, delivery: &Delivery, max_body: usize) {
         let props = &delivery.properties;
         let Some(id) = props.correlation_id() else {
             debug!("reply without correlation id dropped");
@@ -116,6 +117,14 @@ impl Pending {
         if Instant::now() >= deadline {
             debug!(correlation_id = %id, "reply after the deadline dropped");
             let _ = tx.send(Err(RpcError::deadline(&target, timeout)));
+            return;
+        }
+        if delivery.data.len() > max_body {
+            let reason = format!(
+                "{target}: reply of {} bytes exceeds the limit of {max_body} bytes (max_body_size)",
+                delivery.data.len()
+            );
+            let _ = tx.send(Err(RpcError::protocol(reason)));
             return;
         }
         // A reply without a content type is read in the call's codec; one in a content type we
@@ -152,10 +161,11 @@ impl Pending {
 }
 
 /// Reads the reply queue until the link dies or the `Rpc` closes, then reports why it ended.
-pub(crate) async fn reply_loop(link: Arc<Link>, pending: Arc<Pending>, mut replies: Consumer) {
+/// Replies over `max_body` bytes fail their call.
+pub(crate) async fn reply_loop(link: Arc<Link>, pending: Arc<Pending>, mut replies: Consumer, max_body: usize) {
     let reason = loop {
         match replies.next().await {
-            Some(Ok(delivery)) => pending.on_reply(&delivery),
+            Some(Ok(delivery)) => pending.on_reply(&delivery, max_body),
             Some(Err(e)) => break e.to_string(),
             None => break "the reply consumer was cancelled".to_owned(),
         }

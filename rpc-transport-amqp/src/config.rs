@@ -55,8 +55,11 @@ pub struct RpcConfig {
     /// The largest body a server accepts and a client sends, requests and replies alike
     /// (8 MiB). A larger request gets a `bad_request` error reply; a larger call fails before
     /// it is published; a larger reply, result or error, is replaced by a short
-    /// `reply_too_large` error. Once the broker has refused a message for its size, its
-    /// `max_message_size` bounds all three too. Keep it at or below the broker's limit.
+    /// `reply_too_large` error. A client takes in no reply larger than this (from a server that
+    /// does not bound its replies: the call fails with a protocol error, undecoded), and a
+    /// describe request no more than this in all. Once the broker has refused a message for
+    /// its size, its `max_message_size` bounds what is sent too. Keep it at or below the
+    /// broker's limit.
     pub max_body_size: usize,
     /// Where synchronous handlers run (one slot per CPU by default).
     pub blocking_pool: BlockingPool,

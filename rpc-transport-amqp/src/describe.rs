@@ -24,6 +24,9 @@ use crate::client::{read_confirmation, Pending};
 use crate::link::Link;
 use crate::{wire, Codec};
 
+/// The most answers one describe request takes in.
+pub(crate) const MAX_ANSWERS: usize = 4096;
+
 /// What an `Rpc` serves: the services given to `serve` and every registered name.
 #[derive(Default)]
 pub(crate) struct Catalog {
@@ -117,10 +120,15 @@ pub(crate) async fn serve_describe(catalog: Arc<Catalog>, link: Arc<Link>, mut r
 /// The request is published like a call (on the request channel, `mandatory`) and its return
 /// is read like a call's: watched in `pending`, since lapin may hand it to a call's
 /// confirmation, and a call's return handed to this request's confirmation fails that call.
+///
+/// Bounded: the answers taken in are at most `max_body` bytes in all and [`MAX_ANSWERS`] in
+/// number; past either, later answers are dropped (logged at WARN) and the merge is of those
+/// taken in.
 pub(crate) async fn describe(
     link: Result<Arc<Link>, RpcError>,
     pending: &Arc<Pending>,
     wait: Duration,
+    max_body: usize,
 ) -> Result<Value, RpcError> {
     let link = link?;
     let broker = |what: &str, e: lapin::Error| RpcError::transport(format!("describe: {what}: {e}"), e);
@@ -172,7 +180,7 @@ pub(crate) async fn describe(
                     .map_err(|e| if nacked { e } else { unserved() })
             });
         confirmed.await.map_err(|_| RpcError::Closed)??;
-        let mut replies = Vec::new();
+        let (mut replies, mut taken, mut dropped) = (Vec::new(), 0usize, 0usize);
         let until = tokio::time::Instant::now() + wait;
         loop {
             let delivery = tokio::select! {
@@ -188,11 +196,24 @@ pub(crate) async fn describe(
                 },
             };
             if delivery.properties.correlation_id().as_ref().is_some_and(|c| c.as_str() == id) {
+                if replies.len() >= MAX_ANSWERS || taken + delivery.data.len() > max_body {
+                    dropped += 1;
+                    continue;
+                }
+                taken += delivery.data.len();
                 match Codec::Json.decode(&delivery.data) {
                     Ok(value) => replies.push(value),
                     Err(e) => debug!(error = %e, "undecodable describe answer dropped"),
                 }
             }
+        }
+        if dropped > 0 {
+            warn!(
+                dropped,
+                taken = replies.len(),
+                max_body,
+                "describe answers past {MAX_ANSWERS} answers or max_body_size bytes in all dropped"
+            );
         }
         Ok(replies)
     };

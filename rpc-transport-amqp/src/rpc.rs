@@ -116,8 +116,11 @@ impl RpcBuilder {
     /// The largest body a server accepts and a client sends, requests and replies alike
     /// (8 MiB). A larger request gets a `bad_request` error reply; a larger call fails before
     /// it is published; a larger reply, result or error, is replaced by a short
-    /// `reply_too_large` error. Once the broker has refused a message for its size, its
-    /// `max_message_size` bounds all three too. Keep it at or below the broker's limit.
+    /// `reply_too_large` error. A client takes in no reply larger than this (from a server that
+    /// does not bound its replies: the call fails with a protocol error, undecoded), and a
+    /// describe request no more than this in all. Once the broker has refused a message for
+    /// its size, its `max_message_size` bounds what is sent too. Keep it at or below the
+    /// broker's limit.
     #[must_use]
     pub fn with_max_body_size(mut self, bytes: usize) -> Self {
         self.config.max_body_size = bytes;
@@ -457,7 +460,8 @@ impl Rpc {
     /// serving something answers with its services (as `rpc_core::ServiceInfo::describe_with`
     /// renders them: methods, parameters with types and JSON Schemas, return types, docs) and
     /// its registered names, and merges the answers that come within `wait` (it always waits
-    /// that long: the number of servers is not known). The shape:
+    /// that long: the number of servers is not known; at most 4,096 answers and `max_body_size`
+    /// bytes of them are taken in). The shape:
     /// `{"servers": 2, "services": [..], "definitions": {..}, "methods": ["calculator.calculate", ..]}`
     /// (`docs/AMQP.md`, "Describe").
     ///
@@ -465,7 +469,8 @@ impl Rpc {
     /// [`RpcError::Unavailable`] when no server serves anything on the vhost, or none answered
     /// within `wait`; [`RpcError::Transport`] without a link.
     pub async fn describe(&self, wait: Duration) -> Result<Value, RpcError> {
-        crate::describe::describe(self.session.link(), self.session.pending(), wait).await
+        let max_body = self.session.config.max_body_size;
+        crate::describe::describe(self.session.link(), self.session.pending(), wait, max_body).await
     }
 
     /// The broker the `Rpc` is connected to now (its URL, password redacted); `None` while

@@ -248,7 +248,12 @@ impl Session {
             return Err(Error::Closed);
         }
         // Up before the reply loop starts, so a link dying at once is seen as lost.
-        tokio::spawn(client::reply_loop(Arc::clone(&link), Arc::clone(&self.pending), replies));
+        tokio::spawn(client::reply_loop(
+            Arc::clone(&link),
+            Arc::clone(&self.pending),
+            replies,
+            self.config.max_body_size,
+        ));
         if !self.config.publisher_confirms {
             tokio::spawn(client::return_loop(Arc::clone(&link), Arc::clone(&self.pending)));
         }

@@ -117,3 +117,88 @@ async fn reserved_names_cannot_be_registered() {
     }
     rpc.close().await.expect("close");
 }
+
+/// Answers are bounded by the caller's `max_body_size` in all: a hand-written responder that
+/// answers each describe request three times, 3 kB each, gets at most one answer taken in by
+/// a caller whose limit is 4 KiB (other tests' servers answering too only take room).
+#[tokio::test]
+async fn describe_answers_are_taken_in_up_to_the_callers_body_limit_in_all() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::BasicProperties;
+
+    let (_conn, channel) = common::channel().await;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .exchange_declare(
+            rpc_transport_amqp::wire::DESCRIBE_EXCHANGE.into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions { durable: false, auto_delete: false, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the describe exchange");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            rpc_transport_amqp::wire::DESCRIBE_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let mut requests = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let responder = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let props = &request.properties;
+            for i in 0..3 {
+                let name = format!("oversized-{i}-{}", "x".repeat(3000));
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"services": [], "definitions": {}, "methods": [name]}))
+                        .expect("encode");
+                let reply = BasicProperties::default()
+                    .with_type("result".into())
+                    .with_content_type("application/json".into())
+                    .with_correlation_id(props.correlation_id().clone().expect("correlation id"));
+                channel
+                    .basic_publish(
+                        "".into(),
+                        props.reply_to().clone().expect("reply_to"),
+                        BasicPublishOptions::default(),
+                        &body,
+                        reply,
+                    )
+                    .await
+                    .expect("answer");
+            }
+        }
+    });
+    let caller = Rpc::builder().with_max_body_size(4096).connect(&common::url()).await.expect("connect");
+    let described = caller.describe(Duration::from_millis(800)).await.expect("describe");
+    let taken = described["methods"]
+        .as_array()
+        .expect("methods")
+        .iter()
+        .filter(|m| m.as_str().is_some_and(|m| m.starts_with("oversized-")))
+        .count();
+    assert!(taken <= 1, "{taken} answers of 3 kB taken in under a 4 KiB limit");
+    responder.abort();
+    caller.close().await.expect("close");
+}

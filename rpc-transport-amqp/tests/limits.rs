@@ -111,3 +111,61 @@ async fn a_result_over_the_limit_becomes_a_short_reply_too_large_error_and_a_hug
     client.close().await.expect("client closes");
     server.close().await.expect("server closes");
 }
+
+/// A server that does not bound its replies (a hand-written one here): a reply over the
+/// client's `max_body_size` fails its call with a protocol error naming the limit, undecoded,
+/// and the client goes on taking in replies within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_clients_limit_fails_its_call_and_the_client_keeps_working() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+    use lapin::types::FieldTable;
+    use lapin::BasicProperties;
+
+    let url = common::url();
+    let client = Rpc::builder().with_max_body_size(4096).connect(&url).await.expect("client connects");
+    let (_conn, channel) = common::channel().await;
+    let name = common::unique("limits.big-reply");
+    channel
+        .queue_declare(name.as_str().into(), Default::default(), rpc_transport_amqp::wire::method_queue_arguments())
+        .await
+        .expect("declare");
+    let mut requests = channel
+        .basic_consume(name.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    // Answers `{"size": n}` with a string of n bytes.
+    let server = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let args: serde_json::Value = rmp_serde::from_slice(&request.data).expect("msgpack request");
+            let size = args["size"].as_u64().expect("size") as usize;
+            let props = &request.properties;
+            let reply = BasicProperties::default()
+                .with_type("result".into())
+                .with_content_type("application/msgpack".into())
+                .with_correlation_id(props.correlation_id().clone().expect("correlation id"));
+            let body = rmp_serde::to_vec(&"x".repeat(size)).expect("encode");
+            channel
+                .basic_publish(
+                    "".into(),
+                    props.reply_to().clone().expect("reply_to"),
+                    BasicPublishOptions::default(),
+                    &body,
+                    reply,
+                )
+                .await
+                .expect("reply");
+            request.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+    });
+    match client.call::<String>(&name, kwargs! {"size" => 100_000u64}).await {
+        Err(RpcError::Protocol { message, .. }) => {
+            assert!(message.contains("exceeds the limit of 4096 bytes"), "{message}");
+        }
+        other => panic!("a 100 kB reply under a 4 KiB limit gave {:?}", other.map(|s| s.len())),
+    }
+    assert_eq!(client.call::<String>(&name, kwargs! {"size" => 1000u64}).await.expect("a small reply").len(), 1000);
+    assert_eq!(client.pending_calls(), 0);
+    server.abort();
+    client.close().await.expect("client closes");
+}
