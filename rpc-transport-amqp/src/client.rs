@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::codec::parse_error_body;
 use crate::config::RETURN_POLL;
-use crate::link::Link;
+use crate::link::{Link, ReturnSink};
 use crate::{wire, Codec};
 
 type Outcome = Result<Reply, RpcError>;
@@ -173,9 +173,11 @@ pub(crate) async fn reply_loop(link: Arc<Link>, pending: Arc<Pending>, mut repli
     link.report_lost(reason);
 }
 
-/// Without publisher confirms, lapin keeps returned messages until `wait_for_confirms` drains
-/// them (it resolves at once when no confirm is pending), so the link polls it; each returned
-/// request fails its own call, found by its correlation id.
+/// lapin keeps, until `wait_for_confirms` drains them, the returned messages of a channel
+/// without publisher confirms and those carried by confirms dropped unread (a call cancelled,
+/// or out of time, while its publish was being written drops its confirm with the publish
+/// future). So the link polls it, confirms or not; each returned request fails its own call,
+/// found by its correlation id.
 pub(crate) async fn return_loop(link: Arc<Link>, pending: Arc<Pending>) {
     let mut tick = tokio::time::interval(RETURN_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,11 +189,18 @@ pub(crate) async fn return_loop(link: Arc<Link>, pending: Arc<Pending>) {
         // A dead channel is noticed (and reported) by the reply loop.
         let Ok(returned) = link.requests().wait_for_confirms().await else { return };
         for message in returned {
-            match message.delivery.properties.correlation_id() {
-                Some(id) => pending.fail(id.as_str(), unroutable(&message)),
-                None => {
-                    debug!(routing_key = %message.delivery.routing_key, "returned message without correlation id dropped")
-                }
+            pending.returned(message);
+        }
+    }
+}
+
+impl ReturnSink for Pending {
+    /// Fails the call a returned request belongs to, found by its correlation id.
+    fn returned(&self, message: BasicReturnMessage) {
+        match message.delivery.properties.correlation_id() {
+            Some(id) => self.fail(id.as_str(), unroutable(&message)),
+            None => {
+                debug!(routing_key = %message.delivery.routing_key, "returned message without correlation id dropped")
             }
         }
     }
@@ -381,12 +390,12 @@ pub(crate) fn read_confirmation(
 ) -> Result<(), RpcError> {
     let nack = confirmation.is_nack();
     if let Some(returned) = confirmation.take_message() {
-        let owner = returned.delivery.properties.correlation_id().as_ref().map(|id| id.as_str().to_owned());
-        let error = unroutable(&returned);
-        match owner {
-            Some(owner) if owner != correlation_id => pending.fail(&owner, error),
-            _ => return Err(error),
+        let own =
+            returned.delivery.properties.correlation_id().as_ref().map_or(true, |id| id.as_str() == correlation_id);
+        if own {
+            return Err(unroutable(&returned));
         }
+        pending.returned(returned);
     }
     if nack {
         // The nack fails this call only; the channel may be what refuses (see

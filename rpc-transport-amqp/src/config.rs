@@ -14,7 +14,9 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
 /// Default limit on opening a connection: 30 s.
 #[doc(hidden)]
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Without publisher confirms, how often returned (unroutable) requests are collected.
+/// How often returned (unroutable) requests that no confirmation hands to their call are
+/// collected: all of them without publisher confirms; with them, those carried by confirms
+/// dropped unread.
 #[doc(hidden)]
 pub const RETURN_POLL: Duration = Duration::from_millis(10);
 /// Replies up to this size (128 KiB) are published on the serving channel. A larger one goes

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -96,8 +96,9 @@ pub(crate) async fn serve_describe(catalog: Arc<Catalog>, link: Arc<Link>, mut r
         };
         let properties =
             wire::reply_properties(Codec::Json, props.correlation_id().as_ref(), wire::TYPE_RESULT, wire::TRANSIENT);
-        // The confirm is awaited too (the serving channel confirms when it is a caller's
-        // channel shared with the calling side): lapin keeps one dropped unread.
+        // The confirm is read too (the serving channel confirms when it is a caller's channel
+        // shared with the calling side): lapin keeps one dropped unread, and it may carry a
+        // call's returned request.
         let published = async {
             link.server
                 .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &body, properties)
@@ -105,9 +106,16 @@ pub(crate) async fn serve_describe(catalog: Arc<Catalog>, link: Arc<Link>, mut r
                 .await
         }
         .await;
-        if let Err(e) = published {
-            debug!(error = %e, "answering a describe request");
-            return;
+        match published {
+            Ok(confirmation) => {
+                if link.nacked(confirmation) {
+                    debug!("the broker nacked a describe answer");
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "answering a describe request");
+                return;
+            }
         }
     }
 }
@@ -131,7 +139,6 @@ pub(crate) async fn describe(
     max_body: usize,
 ) -> Result<Value, RpcError> {
     let link = link?;
-    let broker = |what: &str, e: lapin::Error| RpcError::transport(format!("describe: {what}: {e}"), e);
     let channel = &link.client;
     let queue = channel
         .queue_declare(
@@ -152,44 +159,56 @@ pub(crate) async fn describe(
         .await
         .map_err(|e| broker("consuming the answers", e))?;
     let id = Uuid::new_v4().to_string();
-    let (_watched, mut returned) = pending.watch(&id, wire::DESCRIBE_EXCHANGE, wait);
+    let (_watched, returned) = pending.watch(&id, wire::DESCRIBE_EXCHANGE, wait);
+    // Fused: polled again after it has ended (its sender gone), it stays pending.
+    let mut returned = returned.fuse();
+    let until = tokio::time::Instant::now() + wait;
     let deadline_ms = wire::now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
     let properties = wire::request_properties(Codec::Json, &id, &queue, wait, deadline_ms, &Context::default());
-    let unserved = || nobody("no server of this vhost answers describe requests (none serves anything)".into());
     let gathered = async {
-        let requests = link.requests();
-        let confirm = requests
-            .basic_publish(
-                wire::DESCRIBE_EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
-                b"{}",
-                properties,
-            )
-            .await
-            .map_err(|e| broker("publishing the request", e))?;
-        // Read in a task of its own: a describe request dropped before its confirm comes still
-        // hands on another call's return that the confirm carries.
-        let (link, pending, own) = (Arc::clone(&link), Arc::clone(pending), id.clone());
-        let confirmed =
-            tokio::spawn(async move {
-                let confirmation = confirm.await.map_err(|e| broker("publishing the request", e))?;
+        // Published and confirmed in a task of its own, like a call's request: a describe
+        // request dropped meanwhile still reads its confirm, which may carry another call's
+        // returned request (lapin keeps a confirm dropped unread, publish future included).
+        let confirmed = tokio::spawn({
+            let (link, pending, own) = (Arc::clone(&link), Arc::clone(pending), id.clone());
+            async move {
+                let requests = link.requests();
+                let published = async {
+                    requests
+                        .basic_publish(
+                            wire::DESCRIBE_EXCHANGE.into(),
+                            "".into(),
+                            BasicPublishOptions { mandatory: true, ..Default::default() },
+                            b"{}",
+                            properties,
+                        )
+                        .await?
+                        .await
+                }
+                .await;
+                let confirmation = published.map_err(|e| {
+                    link.publish_failed(&requests, &e);
+                    broker("publishing the request", e)
+                })?;
                 // Refused: returned (no server binds to the exchange) or nacked (said as such).
                 let nacked = confirmation.is_nack();
                 read_confirmation(&link, &requests, &pending, wire::DESCRIBE_EXCHANGE, &own, confirmation)
                     .map_err(|e| if nacked { e } else { unserved() })
-            });
-        confirmed.await.map_err(|_| RpcError::Closed)??;
+            }
+        });
+        tokio::select! {
+            joined = confirmed => joined.map_err(|_| RpcError::Closed)??,
+            Ok(failed) = &mut returned => return Err(why_returned(failed)),
+            () = tokio::time::sleep_until(until) => {
+                return Err(nobody(format!("the broker did not confirm the describe request within {} ms", wait.as_millis())));
+            }
+        }
         let (mut replies, mut taken, mut dropped) = (Vec::new(), 0usize, 0usize);
-        let until = tokio::time::Instant::now() + wait;
         loop {
             let delivery = tokio::select! {
                 // Returned, with its return handed to another publish's confirmation (or, with
                 // publisher confirms off, collected by the link's return loop); or the link lost.
-                Ok(failed) = &mut returned => return Err(match failed {
-                    Err(RpcError::Unavailable { .. }) | Ok(_) => unserved(),
-                    Err(e) => e,
-                }),
+                Ok(failed) = &mut returned => return Err(why_returned(failed)),
                 next = tokio::time::timeout_at(until, answers.next()) => match next {
                     Ok(Some(Ok(delivery))) => delivery,
                     _ => break,
@@ -225,6 +244,23 @@ pub(crate) async fn describe(
         return Err(nobody(format!("no server answered the describe request within {} ms", wait.as_millis())));
     }
     Ok(merge(replies))
+}
+
+fn broker(what: &str, e: lapin::Error) -> RpcError {
+    RpcError::transport(format!("describe: {what}: {e}"), e)
+}
+
+fn unserved() -> RpcError {
+    nobody("no server of this vhost answers describe requests (none serves anything)".into())
+}
+
+/// The error for a describe request failed through [`Pending::watch`]: returned, or the link
+/// lost.
+fn why_returned(failed: Result<rpc_core::Reply, RpcError>) -> RpcError {
+    match failed {
+        Err(RpcError::Unavailable { .. }) | Ok(_) => unserved(),
+        Err(e) => e,
+    }
 }
 
 fn nobody(reason: String) -> RpcError {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -41,6 +42,13 @@ pub(crate) struct LinkLost {
 
 /// Where a link's death is reported: the session owning it.
 pub(crate) type Reports = mpsc::UnboundedSender<LinkLost>;
+
+/// Where a returned request goes when lapin hands it to the confirmation of a publish that is
+/// not its call's (lapin hands a return to any confirmation of a batch the broker confirms at
+/// once): the calls waiting for replies, which fail its call by correlation id.
+pub(crate) trait ReturnSink: Send + Sync {
+    fn returned(&self, message: BasicReturnMessage);
+}
 
 /// A method queue's entry in [`Link::consumers`].
 #[derive(Debug)]
@@ -78,6 +86,8 @@ pub(crate) struct Link {
     /// Set once the link is known dead.
     dead: AtomicBool,
     reports: Reports,
+    /// Where returned requests found on other publishes' confirmations go.
+    returns: Arc<dyn ReturnSink>,
     /// The channel requests are published on.
     requests: Mutex<Requests>,
     /// Whether request channels are in confirm mode.
@@ -116,7 +126,8 @@ pub(crate) struct Claim<'a> {
 
 impl Claim<'_> {
     /// Records `tag` as the method's consumer. `false` when the claim was withdrawn meanwhile
-    /// ([`Link::cancel_method`]): the caller then cancels the consumer it started.
+    /// ([`Link::cancel_method`]): the caller then withdraws the consumer it started
+    /// ([`Link::withdraw`]).
     pub(crate) fn fill(mut self, tag: ShortString) -> bool {
         let mut consumers = self.link.lock_consumers();
         let Some(slot) = consumers.get_mut(&self.name) else { return false };
@@ -217,6 +228,7 @@ impl Link {
         config: &RpcConfig,
         generation: u64,
         reports: Reports,
+        returns: Arc<dyn ReturnSink>,
     ) -> Result<(Link, Consumer), Error> {
         let redacted = wire::redact_url(url);
         let properties = match &config.connection_name {
@@ -239,7 +251,8 @@ impl Link {
         };
         let client = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
         let server = connection.create_channel().await.map_err(|e| Error::broker("opening a channel", e))?;
-        let (mut link, consumer) = Self::setup(Some(connection), client, server, config, generation, reports).await?;
+        let (mut link, consumer) =
+            Self::setup(Some(connection), client, server, config, generation, (reports, returns)).await?;
         link.broker = Some(redacted);
         Ok((link, consumer))
     }
@@ -258,8 +271,9 @@ impl Link {
         config: &RpcConfig,
         generation: u64,
         reports: Reports,
+        returns: Arc<dyn ReturnSink>,
     ) -> Result<(Link, Consumer), Error> {
-        Self::setup(None, channel.clone(), channel, config, generation, reports).await
+        Self::setup(None, channel.clone(), channel, config, generation, (reports, returns)).await
     }
 
     async fn setup(
@@ -268,7 +282,7 @@ impl Link {
         server: Channel,
         config: &RpcConfig,
         generation: u64,
-        reports: Reports,
+        (reports, returns): (Reports, Arc<dyn ReturnSink>),
     ) -> Result<(Link, Consumer), Error> {
         let (reply_queue, consumer) = Self::declare(connection.as_ref(), &client, &server, config).await?;
         let acks = Acks::start(server.clone(), connection.is_some());
@@ -289,6 +303,7 @@ impl Link {
             claims: AtomicU64::new(0),
             dead: AtomicBool::new(false),
             reports,
+            returns,
         };
         Ok((link, consumer))
     }
@@ -400,6 +415,17 @@ impl Link {
 
     fn lock_requests(&self) -> std::sync::MutexGuard<'_, Requests> {
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the broker nacked a publish that is not a request (a reply, a describe answer)
+    /// on a channel that may carry requests too (an `Rpc` on a caller's channel); a returned
+    /// request the confirmation carries goes to its call.
+    pub(crate) fn nacked(&self, confirmation: Confirmation) -> bool {
+        let nack = confirmation.is_nack();
+        if let Some(returned) = confirmation.take_message() {
+            self.returns.returned(returned);
+        }
+        nack
     }
 
     /// Marks the link dead and tells the session why; only the first report is sent.
@@ -551,9 +577,9 @@ impl Link {
         Some(published.await)
     }
 
-    /// Stops consuming method queue `name` (withdrawing a claim on it, whose consumer is then
-    /// cancelled by its claimant); its consumer stream ends after the deliveries it already
-    /// holds.
+    /// Stops consuming method queue `name` (withdrawing a claim on it, whose claimant then
+    /// withdraws the consumer it started, [`Link::withdraw`]); its consumer stream ends after
+    /// the deliveries it already holds.
     pub(crate) async fn cancel_method(&self, name: &str) -> Result<(), Error> {
         let slot = self.lock_consumers().remove(name);
         if let Some(Slot::Consuming(tag)) = slot {

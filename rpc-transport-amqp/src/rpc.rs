@@ -485,7 +485,8 @@ impl Rpc {
         self.session.wait_connected(timeout).await
     }
 
-    /// How many calls are waiting for their reply.
+    /// How many calls are waiting for their reply (describe requests gathering answers
+    /// included).
     #[doc(hidden)]
     pub fn pending_calls(&self) -> usize {
         self.session.pending().len()

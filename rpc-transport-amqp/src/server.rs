@@ -406,9 +406,9 @@ async fn publish(link: &Link, reply_to: &ShortString, delivery: &Delivery, reply
             .await
     }
     .await;
-    match published {
-        Ok(confirmation) if !confirmation.is_nack() => Published::Done,
-        Ok(_) => Published::Refused("the broker did not confirm the reply (nack)".into()),
+    match published.map(|confirmation| link.nacked(confirmation)) {
+        Ok(false) => Published::Done,
+        Ok(true) => Published::Refused("the broker did not confirm the reply (nack)".into()),
         Err(e) => Published::Failed(e),
     }
 }

@@ -122,7 +122,8 @@ impl Session {
     ) -> Result<Arc<Session>, Error> {
         let (session, losses) = Session::new(config, layers, None);
         let generation = session.next_generation();
-        let (link, replies) = Link::on_channel(channel, &session.config, generation, session.reports.clone()).await?;
+        let (link, replies) =
+            Link::on_channel(channel, &session.config, generation, session.reports.clone(), session.returns()).await?;
         let link = session.install(link, replies).await?;
         tokio::spawn(Arc::clone(&session).run(link, losses));
         Ok(session)
@@ -202,9 +203,15 @@ impl Session {
             let url = &brokers.urls[index];
             let generation = self.next_generation();
             let opened = async {
-                let (link, replies) =
-                    Link::connect(url, brokers.properties.clone(), &self.config, generation, self.reports.clone())
-                        .await?;
+                let (link, replies) = Link::connect(
+                    url,
+                    brokers.properties.clone(),
+                    &self.config,
+                    generation,
+                    self.reports.clone(),
+                    self.returns(),
+                )
+                .await?;
                 self.install(link, replies).await
             };
             match opened.await {
@@ -254,9 +261,7 @@ impl Session {
             replies,
             self.config.max_body_size,
         ));
-        if !self.config.publisher_confirms {
-            tokio::spawn(client::return_loop(Arc::clone(&link), Arc::clone(&self.pending)));
-        }
+        tokio::spawn(client::return_loop(Arc::clone(&link), Arc::clone(&self.pending)));
         for (name, registration) in self.registrations() {
             if let Err(e) = self.start_serving(&link, &name, &registration).await {
                 warn!(method = %name, error = %e, "cannot consume a method queue after (re)connecting");
@@ -296,18 +301,27 @@ impl Session {
     /// already.
     async fn start_serving(&self, link: &Arc<Link>, name: &str, registration: &Registration) -> Result<(), Error> {
         let key = wire::short(name).map_err(|reason| Error::invalid_name(name, reason))?;
-        // Claimed before the awaits: a registration and a re-installation racing on one link
-        // must not both consume the queue.
-        let Some(claim) = link.claim(name) else { return Ok(()) };
-        let consumer = link.consume_method(&key).await?;
-        if !registration.is_active() || !claim.fill(consumer.tag()) {
+        let mut registration = registration.clone();
+        loop {
+            // Claimed before the awaits: a registration and a re-installation racing on one
+            // link must not both consume the queue.
+            let Some(claim) = link.claim(name) else { return Ok(()) };
+            let consumer = link.consume_method(&key).await?;
+            if registration.is_active() && claim.fill(consumer.tag()) {
+                let serving = Arc::clone(&self.serving);
+                tokio::spawn(server::serve_queue(serving, Arc::clone(link), name.to_owned(), registration, consumer));
+                break;
+            }
             // Unregistered (or closing) meanwhile: the consumer must not outlive the
             // registration.
             link.withdraw(consumer, false).await;
-            return Ok(());
+            // A registration of the name made meanwhile found it claimed by this one and left
+            // it to it: its turn now (the claim is released at the end of this pass).
+            match self.lock_handlers().get(name) {
+                Some(current) if current.is_active() && !current.is(&registration) => registration = current.clone(),
+                _ => return Ok(()),
+            }
         }
-        let serving = Arc::clone(&self.serving);
-        tokio::spawn(server::serve_queue(serving, Arc::clone(link), name.to_owned(), registration.clone(), consumer));
         if let Err(e) = self.start_describing(link).await {
             warn!(error = %e, "cannot answer describe requests on this link");
         }
@@ -398,7 +412,12 @@ impl Session {
         self.link().ok()
     }
 
-    /// Calls waiting for their reply.
+    /// Where a link hands returned requests it finds on other publishes' confirmations.
+    fn returns(&self) -> Arc<dyn crate::link::ReturnSink> {
+        Arc::clone(&self.pending) as Arc<dyn crate::link::ReturnSink>
+    }
+
+    /// Calls waiting for their reply (and describe requests, [`Pending::watch`]).
     pub(crate) fn pending(&self) -> &Arc<Pending> {
         &self.pending
     }

@@ -177,6 +177,17 @@ async fn a_consumer_withdrawn_while_it_starts_hands_back_what_it_was_delivered()
     let server = Rpc::builder().with_prefetch(64).connect(&url).await.expect("server connects");
     let (conn, channel) = common::channel().await;
     let vhost = rpc_testkit::broker::vhost();
+    // Where the requests a server did take are answered (each one is, with a result or an
+    // error), so that every request is accounted for: answered, or back in its queue.
+    let answers = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, ..Default::default() },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare the answers queue");
+    let answers = answers.name().clone();
     for attempt in 0..8 {
         let method = common::unique("acks.withdrawn");
         // Requests waiting in the method's queue, as a server gone away leaves them.
@@ -195,7 +206,9 @@ async fn a_consumer_withdrawn_while_it_starts_hands_back_what_it_was_delivered()
                     method.as_str().into(),
                     BasicPublishOptions::default(),
                     b"{}",
-                    BasicProperties::default(),
+                    BasicProperties::default()
+                        .with_reply_to(answers.clone())
+                        .with_correlation_id(common::unique("withdrawn").as_str().into()),
                 )
                 .await
                 .expect("publish");
@@ -214,19 +227,26 @@ async fn a_consumer_withdrawn_while_it_starts_hands_back_what_it_was_delivered()
         }
         registering.await.expect("register task").expect("register");
         let started = Instant::now();
-        let unacked = loop {
+        let (ready, unacked) = loop {
             let (name, vhost) = (method.clone(), vhost.clone());
-            let (_, unacked, _) = tokio::task::spawn_blocking(move || {
+            let (ready, unacked, _) = tokio::task::spawn_blocking(move || {
                 rpc_testkit::broker::queue_counts(&["-p", &vhost], &name).expect("the method queue exists")
             })
             .await
             .expect("rabbitmqctl");
             if unacked == 0 || started.elapsed() > Duration::from_secs(3) {
-                break unacked;
+                break (ready, unacked);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(unacked, 0, "attempt {attempt}: requests left unacked on the serving channel");
+        let answered = u64::from(
+            channel
+                .queue_purge(answers.clone(), lapin::options::QueuePurgeOptions::default())
+                .await
+                .expect("purge the answers"),
+        );
+        assert_eq!(ready + answered, 40, "attempt {attempt}: {ready} back in the queue, {answered} answered");
         channel.queue_delete(method.as_str().into(), QueueDeleteOptions::default()).await.expect("delete");
     }
     assert!(server.is_connected(), "the serving channel is still open");

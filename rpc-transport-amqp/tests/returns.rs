@@ -128,3 +128,38 @@ async fn describe_requests_among_unroutable_calls_each_get_their_own_outcome() {
     client.close().await.expect("client closes");
     server.close().await.expect("server closes");
 }
+
+/// On a caller's channel (`Rpc::create`) replies go out on the channel requests do, so the
+/// confirmation of a reply can carry a call's returned request: it still fails that call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_channel_a_return_carried_by_a_replys_confirmation_still_fails_its_call() {
+    let (_conn, rpc) = common::rpc().await;
+    let served = common::unique("returns.shared");
+    let missing = common::unique("returns.missing");
+    rpc.register_async(&served, |d: Double| async move { Ok::<_, std::convert::Infallible>(d.x * 2) })
+        .await
+        .expect("register");
+    for round in 0..5 {
+        let calls = (0..600i64).map(|i| {
+            let (rpc, served, missing) = (rpc.clone(), served.clone(), missing.clone());
+            async move {
+                let options = CallOptions::new().with_deadline(Duration::from_secs(8));
+                let started = std::time::Instant::now();
+                let target = if i % 3 == 0 { &missing } else { &served };
+                let result = rpc.call_with::<i64>(target, kwargs! {"x" => i}, options).await;
+                (i, result, started.elapsed())
+            }
+        });
+        for (i, result, took) in futures_util::future::join_all(calls).await {
+            if i % 3 == 0 {
+                match result {
+                    Err(RpcError::Unavailable { target, .. }) => assert_eq!(target, missing, "round {round} call {i}"),
+                    other => panic!("round {round}: unroutable call {i} got {other:?} after {took:?}"),
+                }
+            } else {
+                assert_eq!(result.unwrap_or_else(|e| panic!("round {round}: served call {i} failed: {e}")), i * 2);
+            }
+        }
+    }
+    rpc.close().await.expect("close");
+}

@@ -82,6 +82,31 @@ struct Inner {
     instance: String,
     /// Itself, for the probes it starts in the background.
     me: Weak<Inner>,
+    /// The targets its metrics name: those a consumer has answered as its own.
+    labels: Labels,
+}
+
+/// How many targets the producer's metrics name; the rest are counted as `unknown`.
+const MAX_LABELS: usize = 1024;
+
+/// The targets the producer's metrics name, at most [`MAX_LABELS`]: those a consumer answered
+/// with anything but `unknown_service` or `unknown_method`. Only then is a target known to
+/// exist; a task that fails on the producer's side (no consumer up, deadline, cancelled) says
+/// nothing about its name, which any client picks.
+#[derive(Debug, Default)]
+struct Labels(Mutex<std::collections::HashSet<String>>);
+
+impl Labels {
+    /// The label of `target` for a task that ended with `outcome`, `answered` by a consumer.
+    fn of(&self, target: String, outcome: &str, answered: bool) -> String {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let served = answered && !matches!(outcome, "unknown_service" | "unknown_method");
+        if known.contains(&target) || (served && known.len() < MAX_LABELS && known.insert(target.clone())) {
+            target
+        } else {
+            "unknown".to_owned()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -231,6 +256,7 @@ impl Producer {
             next: AtomicUsize::new(0),
             instance: instance_id(),
             me: me.clone(),
+            labels: Labels::default(),
         });
         Producer { inner }
     }
@@ -325,7 +351,11 @@ impl Respond for Inner {
             () = ctx.cancelled() => Err(RpcError::Cancelled { target: line.target() }),
         };
         let elapsed = started.elapsed();
-        record_task(&line, result.as_ref().map_or_else(RpcError::kind, |f| f.outcome), elapsed);
+        let target = match &result {
+            Ok(forwarded) => self.labels.of(line.target(), forwarded.outcome, true),
+            Err(error) => self.labels.of(line.target(), error.kind(), false),
+        };
+        record_task(target, result.as_ref().map_or_else(RpcError::kind, |f| f.outcome), elapsed);
         let (service, method) = (&line.service, &line.method);
         match result {
             Ok(f) => {
@@ -343,11 +373,9 @@ impl Respond for Inner {
 
 /// Counts a task served over the text protocol, under the names every side of the framework
 /// uses (`rpc_core::layer::metrics`): `rpc_calls_total{side="producer", target, outcome}` and
-/// `rpc_call_duration_seconds{side="producer", target}`. Unknown targets are counted as
-/// `unknown`, so a client cannot grow the label set.
-fn record_task(line: &RequestLine, outcome: &'static str, elapsed: Duration) {
-    let target =
-        if matches!(outcome, "unknown_service" | "unknown_method") { "unknown".to_owned() } else { line.target() };
+/// `rpc_call_duration_seconds{side="producer", target}`. `target` is the task's target or
+/// `unknown` ([`Labels`]), so a client cannot grow the label set.
+fn record_task(target: String, outcome: &'static str, elapsed: Duration) {
     metrics::counter!("rpc_calls_total", "side" => "producer", "target" => target.clone(), "outcome" => outcome)
         .increment(1);
     metrics::histogram!("rpc_call_duration_seconds", "side" => "producer", "target" => target)
@@ -835,5 +863,23 @@ mod tests {
     #[test]
     fn instance_ids_differ_between_producers() {
         assert_ne!(instance_id(), instance_id());
+    }
+
+    #[test]
+    fn metrics_name_only_targets_a_consumer_answered_as_its_own_and_at_most_max_labels() {
+        let labels = Labels::default();
+        // Any client picks the name; failing on the producer's side says nothing about it.
+        for (i, kind) in ["unavailable", "deadline_exceeded", "cancelled", "transport"].into_iter().enumerate() {
+            assert_eq!(labels.of(format!("random{i}.m"), kind, false), "unknown");
+        }
+        assert_eq!(labels.of("calc.nope".into(), "unknown_method", true), "unknown");
+        assert_eq!(labels.of("calc.calculate".into(), "handler", true), "calc.calculate");
+        // Known from now on, even while no consumer is up.
+        assert_eq!(labels.of("calc.calculate".into(), "unavailable", false), "calc.calculate");
+        for i in 0..2 * MAX_LABELS {
+            labels.of(format!("svc{i}.m"), "ok", true);
+        }
+        assert_eq!(labels.0.lock().unwrap().len(), MAX_LABELS);
+        assert_eq!(labels.of("late.m".into(), "ok", true), "unknown");
     }
 }
