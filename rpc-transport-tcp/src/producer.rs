@@ -505,7 +505,14 @@ impl Inner {
                         .unwrap_or_default(),
                     line: task.line[..task.line.len() - 1].to_vec(),
                 };
-                return link.call(request).await.map_err(|LinkFailed(why)| why);
+                match link.call(request).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(LinkFailed::Broken(why)) => return Err(why),
+                    // Too large for the consumer's link: on a connection of its own, below,
+                    // where the consumer refuses it as it refuses any request over its limits,
+                    // and the link stays up for the other tasks.
+                    Err(LinkFailed::TooLarge) => {}
+                }
             }
         }
         exchange(backend.addr, task.line, self.config.connect_timeout, self.config.max_reply)

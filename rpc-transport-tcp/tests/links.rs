@@ -287,3 +287,32 @@ async fn a_consumer_that_takes_no_links_gets_one_connection_per_task() {
     assert_eq!(lines.iter().filter(|l| l.starts_with("lab add")).count(), 3, "{lines:?}");
     task.abort();
 }
+
+/// A task whose frame is larger than a consumer takes on a link (its `max_frame`, from its
+/// `max_line`) is not sent on the link, which would end it and fail every task on it: it goes
+/// on a connection of its own, where the consumer refuses it as it refuses any long line, and
+/// the tasks on the link are answered.
+#[tokio::test]
+async fn a_request_over_the_consumers_frame_limit_is_refused_alone_and_the_link_keeps_its_tasks() {
+    let (r, mut started) = registry();
+    let config = ConsumerConfig::default().with_limits(Limits::default().with_max_line(100));
+    let c = consumer(r, config).await;
+    let p = producer_of(vec![c.addr]);
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let lab = LabClient::new(p.clone());
+            tokio::spawn(async move { lab.slow(1500).await })
+        })
+        .collect();
+    within(10, started.recv()).await.unwrap();
+    let long = "x".repeat(30_000);
+    let err = within(10, LabClient::new(p.clone()).echo(long)).await.unwrap_err();
+    assert!(matches!(err, RpcError::BadRequest { .. }), "{err}");
+    assert!(err.to_string().contains("longer than 100 bytes"), "{err}");
+    for call in slow {
+        assert_eq!(within(10, call).await.unwrap().unwrap(), 1500);
+    }
+    let stats = p.stats();
+    assert_eq!(stats[0].failures, 0, "the consumer was not blamed: {stats:?}");
+    c.stop().await;
+}

@@ -33,6 +33,8 @@ pub(crate) enum Opened {
 pub(crate) struct Link {
     shared: Arc<Shared>,
     out: mpsc::UnboundedSender<Vec<u8>>,
+    /// The largest request frame the consumer takes (what it said when the link opened).
+    max_frame: usize,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +67,13 @@ impl Shared {
 
 /// Why a task on a link got no reply.
 #[derive(Debug)]
-pub(crate) struct LinkFailed(pub(crate) String);
+pub(crate) enum LinkFailed {
+    /// The link broke before the reply, for this reason.
+    Broken(String),
+    /// The task's frame is larger than the consumer takes on a link; it was not sent (on its
+    /// own connection, the consumer answers it as it answers any request over its limits).
+    TooLarge,
+}
 
 impl Link {
     /// Connects to `addr` and asks to upgrade the connection to a link, within `timeout`
@@ -111,7 +119,7 @@ impl Link {
                 return Err(ExchangeError::Io(addr, e));
             }
         };
-        let Some(newline) = newline.filter(|&i| parse_hello(&buf[..i])) else {
+        let Some((newline, max_frame)) = newline.and_then(|i| Some((i, parse_hello(&buf[..i])?))) else {
             let answer = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
             return Ok(Opened::Legacy(answer));
         };
@@ -120,8 +128,9 @@ impl Link {
         let shared = Arc::new(Shared::default());
         let (out, queued) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write, queued, Arc::clone(&shared), write_timeout));
-        tokio::spawn(read_loop(read, rest, Arc::clone(&shared), max_reply.saturating_add(HEADER), addr));
-        Ok(Opened::Link(Arc::new(Link { shared, out })))
+        // A frame's length counts its kind, id and body, not the 4 bytes that carry it.
+        tokio::spawn(read_loop(read, rest, Arc::clone(&shared), max_reply.saturating_add(HEADER - 4), addr));
+        Ok(Opened::Link(Arc::new(Link { shared, out, max_frame })))
     }
 
     /// Whether a new task may go on it.
@@ -137,27 +146,35 @@ impl Link {
     /// is dropped first, the consumer is told to cancel the task.
     ///
     /// # Errors
-    /// [`LinkFailed`] with the reason when the link broke before the reply.
+    /// [`LinkFailed::Broken`] with the reason when the link broke before the reply;
+    /// [`LinkFailed::TooLarge`] when the request's frame is larger than the consumer takes
+    /// (sent, it would make the consumer end the link, failing every task on it).
     pub(crate) async fn call(&self, mut request: RequestFrame) -> Result<Vec<u8>, LinkFailed> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         request.id = id;
+        let bytes = Frame::Request(request).to_bytes();
+        // A frame's length counts all but the 4 bytes that carry it.
+        if bytes.len() - 4 > self.max_frame {
+            return Err(LinkFailed::TooLarge);
+        }
+        let broken = || LinkFailed::Broken(self.shared.reason());
         let (tx, rx) = oneshot::channel();
         {
-            let Ok(mut pending) = self.shared.pending.lock() else { return Err(LinkFailed(self.shared.reason())) };
+            let Ok(mut pending) = self.shared.pending.lock() else { return Err(broken()) };
             // Checked under the lock `close` takes, so no task is left waiting on a closed link.
             if self.shared.closed.load(Ordering::Acquire) {
-                return Err(LinkFailed(self.shared.reason()));
+                return Err(broken());
             }
             pending.insert(id, tx);
         }
         let mut guard = CancelOnDrop { link: self, id, armed: true };
-        if self.out.send(Frame::Request(request).to_bytes()).is_err() {
+        if self.out.send(bytes).is_err() {
             guard.armed = false;
-            return Err(LinkFailed(self.shared.reason()));
+            return Err(broken());
         }
         let reply = rx.await;
         guard.armed = false;
-        reply.map_err(|_| LinkFailed(self.shared.reason()))
+        reply.map_err(|_| broken())
     }
 }
 
@@ -225,7 +242,7 @@ async fn read_loop(mut read: OwnedReadHalf, mut buf: Vec<u8>, shared: Arc<Shared
             }
             Ok(None) => {}
             Err(codec::CodecError::TooLarge { limit, .. }) => {
-                break format!("reply larger than {} bytes", limit.saturating_sub(HEADER))
+                break format!("reply larger than {} bytes", limit.saturating_sub(HEADER - 4))
             }
             Err(e) => break e.to_string(),
         }

@@ -56,15 +56,48 @@ pub(crate) fn hello_answer(max_frame: usize) -> Vec<u8> {
     frame::encode_value(&json!({ "link": VERSION, "max_frame": max_frame }))
 }
 
-/// Whether `line` (an answer's first line, without its `\n`) accepts a link of this version.
-pub(crate) fn parse_hello(line: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(line).ok().and_then(|v| v.get("link").and_then(Value::as_u64)) == Some(VERSION)
+/// When `line` (an answer's first line, without its `\n`) accepts a link of this version: the
+/// largest request frame the Consumer takes (its `max_frame`; unbounded when it names none).
+pub(crate) fn parse_hello(line: &[u8]) -> Option<usize> {
+    let hello = serde_json::from_slice::<Value>(line).ok()?;
+    if hello.get("link").and_then(Value::as_u64) != Some(VERSION) {
+        return None;
+    }
+    let max_frame = hello.get("max_frame").and_then(Value::as_u64);
+    Some(max_frame.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
 }
 
 /// The largest request frame a Consumer with `limits` takes: a request line at its limit plus
 /// the largest context.
 pub(crate) fn max_request_frame(limits: &Limits) -> usize {
     limits.max_line.saturating_add(REQUEST_OVERHEAD)
+}
+
+/// Frames waiting to be written: the Producer's side queues without bound (its tasks are
+/// bounded by its clients), the Consumer's side within its in-flight bound.
+pub(crate) trait Queue {
+    async fn recv(&mut self) -> Option<Vec<u8>>;
+    fn try_recv(&mut self) -> Option<Vec<u8>>;
+}
+
+impl Queue for mpsc::UnboundedReceiver<Vec<u8>> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        mpsc::UnboundedReceiver::recv(self).await
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        mpsc::UnboundedReceiver::try_recv(self).ok()
+    }
+}
+
+impl Queue for mpsc::Receiver<Vec<u8>> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        mpsc::Receiver::recv(self).await
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        mpsc::Receiver::try_recv(self).ok()
+    }
 }
 
 /// Most bytes of queued frames one write carries.
@@ -77,7 +110,7 @@ const MAX_BATCH: usize = 256 * 1024;
 /// Why writing failed: the socket's error, or no progress within `write_timeout`.
 pub(crate) async fn write_frames(
     write: &mut OwnedWriteHalf,
-    queued: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: &mut impl Queue,
     write_timeout: Duration,
 ) -> Result<(), String> {
     let mut batch = Vec::with_capacity(16 * 1024);
@@ -86,8 +119,8 @@ pub(crate) async fn write_frames(
         batch.extend_from_slice(&first);
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+                Some(more) => batch.extend_from_slice(&more),
+                None => break,
             }
         }
         match tokio::time::timeout(write_timeout, write.write_all(&batch)).await {

@@ -5,8 +5,11 @@
 //! Bounds: a request frame is at most [`max_request_frame`] bytes, and once its first byte has
 //! arrived the rest must follow within [`Limits::with_read_timeout`]; at most
 //! [`Limits::with_max_connections`] tasks run at once on one link (more are answered
-//! `ERROR overloaded`, which the Producer fails over); writes are bounded by
-//! [`Limits::with_write_timeout`]. Any frame that breaks the rules ends the link.
+//! `ERROR overloaded`, which the Producer fails over), and a task holds its place until its
+//! reply is queued, on a queue of that many replies (a Producer that stops reading holds up
+//! its own tasks, not the Consumer's memory); writes are bounded by
+//! [`Limits::with_write_timeout`], and a link whose replies cannot be written ends. Any frame
+//! that breaks the rules ends the link, a request reusing the id of one still in flight too.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,9 +68,11 @@ pub(crate) async fn serve<R: Respond>(
     let max_frame = max_request_frame(&limits);
     let max_in_flight = limits.max_connections.max(1);
     let (mut read, mut write) = stream.into_split();
-    let (out, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Room for every task's reply, and as many refusals and a GOAWAY besides.
+    let (out, mut queued) = mpsc::channel::<Vec<u8>>(2 * max_in_flight + 1);
     let write_timeout = limits.write_timeout;
-    let writer = tokio::spawn(async move { write_frames(&mut write, &mut queued, write_timeout).await });
+    let mut writer = tokio::spawn(async move { write_frames(&mut write, &mut queued, write_timeout).await });
+    let mut writer_done = false;
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut running = Running::default();
     let (mut buf, mut start) = (rest, 0);
@@ -77,7 +82,8 @@ pub(crate) async fn serve<R: Respond>(
     let ended = loop {
         if !stopping && *stop.borrow() {
             stopping = true;
-            let _ = out.send(Frame::GoAway.to_bytes());
+            // Dropped when the queue is full: the link then ends once its tasks are answered.
+            let _ = out.try_send(Frame::GoAway.to_bytes());
         }
         let mut broken = None;
         let before = start;
@@ -92,6 +98,9 @@ pub(crate) async fn serve<R: Respond>(
             };
             start += used;
             match frame {
+                Frame::Request(request) if running.by_request.contains_key(&request.id) => {
+                    broken = Some(format!("request id {} reused while its task runs", request.id));
+                }
                 Frame::Request(request) => {
                     let full = running.by_request.len() >= max_in_flight;
                     match accept(request, &limits, stopping, full) {
@@ -101,16 +110,17 @@ pub(crate) async fn serve<R: Respond>(
                             let handle = tasks.spawn(async move {
                                 let reply = responder.respond(line, peer, task_ctx).await;
                                 if !over.load(Ordering::SeqCst) {
-                                    let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes());
+                                    // Waits for room: the task keeps its place meanwhile.
+                                    let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes()).await;
                                 }
                             });
                             running.by_task.insert(handle.id(), id);
-                            if let Some(old) = running.by_request.insert(id, ctx) {
-                                old.cancel();
-                            }
+                            running.by_request.insert(id, ctx);
                         }
                         Err((id, reply)) => {
-                            let _ = out.send(Frame::Reply { id, bytes: reply }.to_bytes());
+                            if out.try_send(Frame::Reply { id, bytes: reply }.to_bytes()).is_err() {
+                                broken = Some("the producer does not read its replies".to_owned());
+                            }
                         }
                     }
                 }
@@ -157,6 +167,13 @@ pub(crate) async fn serve<R: Respond>(
                 }
             }
             _ = stop.wait_for(|s| *s), if !stopping => {}
+            written = &mut writer, if !writer_done => {
+                writer_done = true;
+                break match written {
+                    Ok(Err(reason)) => reason,
+                    _ => "its writer ended".to_owned(),
+                };
+            }
             read = tokio::time::timeout_at(read_until, read.read_buf(&mut buf)) => match read {
                 Ok(Ok(0)) => break "the producer closed it".to_owned(),
                 Ok(Ok(_)) => {}
@@ -169,7 +186,9 @@ pub(crate) async fn serve<R: Respond>(
     drop(running);
     tasks.shutdown().await;
     drop(out);
-    let _ = tokio::time::timeout(limits.write_timeout, writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(limits.write_timeout, writer).await;
+    }
 }
 
 /// Checks a request frame: its id, request line and context, or its id and the error reply to
@@ -183,10 +202,8 @@ fn accept(
     let id = request.id;
     let refuse = |error: RpcError| (id, frame::encode_error(&error));
     if stopping {
-        return Err(refuse(RpcError::Unavailable {
-            target: "link".to_owned(),
-            reason: "the consumer is shutting down".to_owned(),
-        }));
+        let target = RequestLine::parse(&request.line).map_or_else(|_| "the consumer".to_owned(), |l| l.target());
+        return Err(refuse(RpcError::Unavailable { target, reason: "the consumer is shutting down".to_owned() }));
     }
     if full {
         return Err(refuse(RpcError::Overloaded {
@@ -269,5 +286,84 @@ mod tests {
             at += used;
         }
         assert!(frames.is_empty(), "expected no frame after the abort, got {frames:?}");
+    }
+
+    /// Answers at once with a reply of 4 KiB.
+    struct Quick;
+
+    impl Respond for Quick {
+        async fn respond(&self, _: RequestLine, _: Option<SocketAddr>, _: Context) -> Vec<u8> {
+            frame::encode_value(&serde_json::Value::String("x".repeat(4096)))
+        }
+    }
+
+    /// Holds every call until it is cancelled.
+    struct Holds;
+
+    impl Respond for Holds {
+        async fn respond(&self, _: RequestLine, _: Option<SocketAddr>, ctx: Context) -> Vec<u8> {
+            ctx.cancelled().await;
+            frame::encode_error(&RpcError::Cancelled { target: "probe.hold".into() })
+        }
+    }
+
+    fn start<R: Respond>(
+        responder: R,
+        limits: Limits,
+    ) -> (TcpStream, tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let producer = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, _) = std_listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        producer.set_nonblocking(true).unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let stream = TcpStream::from_std(stream).unwrap();
+        let serving = tokio::spawn(serve("consumer", stream, Vec::new(), Arc::new(responder), limits, stopped, None));
+        (TcpStream::from_std(producer).unwrap(), serving, stop)
+    }
+
+    fn request(id: u64) -> Vec<u8> {
+        Frame::Request(RequestFrame { id, line: b"probe hold".to_vec(), ..RequestFrame::default() }).to_bytes()
+    }
+
+    /// A Producer that sends requests and never reads the replies: the Consumer queues no more
+    /// than its in-flight bound of them and ends the link, instead of queueing every reply
+    /// in memory (and keeping the link open after its writer gave up).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_that_never_reads_its_replies_has_its_link_ended_not_its_replies_queued() {
+        let limits = Limits::default().with_max_connections(4).with_write_timeout(Duration::from_millis(300));
+        let (producer, serving, _stop) = start(Quick, limits);
+        let (_read, mut write) = producer.into_split();
+        let sent = async {
+            for id in 1..=100_000u64 {
+                if write.write_all(&request(id)).await.is_err() {
+                    return id;
+                }
+            }
+            u64::MAX
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(10), serving);
+        let (sent, ended) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), sent), ended);
+        assert!(ended.is_ok(), "the link still runs 10 s later");
+        if let Ok(at) = sent {
+            assert!(at < 100_000, "all 100,000 requests were taken");
+        }
+    }
+
+    /// A request reusing the id of one still in flight breaks the protocol: the link ends, and
+    /// the first call is cancelled (not left running untracked).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_reusing_an_id_in_flight_ends_the_link() {
+        let (mut producer, serving, _stop) = start(Holds, Limits::default());
+        producer.write_all(&request(1)).await.unwrap();
+        producer.write_all(&request(1)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), serving).await.expect("the link ends").unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), producer.read_to_end(&mut rest))
+            .await
+            .expect("the link closes")
+            .expect("reading the link");
+        assert!(codec::decode(&rest, usize::MAX).unwrap().is_none(), "no reply: the call was cancelled with the link");
     }
 }
