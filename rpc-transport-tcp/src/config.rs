@@ -39,6 +39,11 @@ pub struct Limits {
     /// At most as many connections as this limit (and at least 64) wait at once; beyond that
     /// they are closed without a reply.
     pub(crate) max_connections: usize,
+    /// Links served at once (Consumers only). Default 64. A link holds no connection slot, so
+    /// links, busy or idle, never keep one-line clients or health probes out; a link request
+    /// beyond it is answered `ERROR overloaded: ... too many links`, and the Producer sends
+    /// that consumer's tasks on connections of their own until it asks again.
+    pub(crate) max_links: usize,
     /// How long the server keeps reading (and discarding) after an error reply, so the
     /// client's unread bytes do not turn the close into a reset that would destroy the reply.
     /// Default 2 s.
@@ -55,6 +60,7 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_links: 64,
             linger: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -98,6 +104,17 @@ impl Limits {
     #[must_use]
     pub fn with_max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections.max(1);
+        self
+    }
+
+    /// Links served at once (Consumers only; at least one). Default 64. A link holds no
+    /// connection slot, so links, busy or idle, never keep one-line clients or health probes
+    /// out; a link request beyond it is answered `ERROR overloaded: ... too many links`, and
+    /// the Producer sends that consumer's tasks on connections of their own until it asks
+    /// again.
+    #[must_use]
+    pub fn with_max_links(mut self, links: usize) -> Self {
+        self.max_links = links.max(1);
         self
     }
 
@@ -382,6 +399,7 @@ mod tests {
             ("", "max_line", doc_bytes(limits.max_line)),
             ("", "read_timeout", doc_duration(limits.read_timeout)),
             ("", "max_connections", limits.max_connections.to_string()),
+            ("", "max_links", limits.max_links.to_string()),
             ("", "write_timeout", doc_duration(limits.write_timeout)),
             ("", "linger", doc_duration(limits.linger)),
             ("", "shutdown_grace", doc_duration(limits.shutdown_grace)),

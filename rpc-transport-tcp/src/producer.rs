@@ -133,6 +133,9 @@ enum LinkMode {
     Unknown,
     /// It answered the link request with something else: one connection per task.
     Legacy,
+    /// It refused a link for now (all its link slots taken): one connection per task until
+    /// then, when it is asked again.
+    Refused(Instant),
     /// A link.
     Open(Arc<Link>),
 }
@@ -547,6 +550,12 @@ impl Inner {
                 tracing::debug!(consumer = %backend.addr, "link opened");
                 (LinkMode::Open(Arc::clone(&link)), Some(link))
             }
+            Opened::Legacy(answer) if answer.starts_with("ERROR overloaded") => {
+                let retry = config.backoff;
+                tracing::info!(consumer = %backend.addr, %answer, retry_in = %fmt_duration(retry),
+                    "consumer {} refuses links for now; it gets one connection per task meanwhile", backend.addr);
+                (LinkMode::Refused(Instant::now() + retry), None)
+            }
             Opened::Legacy(answer) => {
                 tracing::info!(consumer = %backend.addr, %answer,
                     "consumer {} takes no links; it gets one connection per task", backend.addr);
@@ -678,6 +687,7 @@ impl Backend {
         match &*self.link.lock().ok()? {
             LinkMode::Open(link) if link.usable() => Some(Some(Arc::clone(link))),
             LinkMode::Legacy => Some(None),
+            LinkMode::Refused(until) if Instant::now() < *until => Some(None),
             _ => None,
         }
     }

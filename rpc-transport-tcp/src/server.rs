@@ -78,6 +78,8 @@ struct Shared<R> {
     limits: Limits,
     responder: Arc<R>,
     slots: Arc<Semaphore>,
+    /// Links served at once ([`Limits::with_max_links`]); a link gives back its connection slot.
+    links: Arc<Semaphore>,
     idle: Mutex<Idle>,
     stop: watch::Receiver<bool>,
 }
@@ -147,6 +149,7 @@ pub(crate) async fn serve<R: Respond>(
         role,
         local,
         slots: Arc::new(Semaphore::new(cap)),
+        links: Arc::new(Semaphore::new(limits.max_links.clamp(1, Semaphore::MAX_PERMITS))),
         limits,
         responder,
         idle: Mutex::new(Idle::default()),
@@ -336,8 +339,9 @@ async fn handle<R: Respond>(mut conn: Connection, permit: OwnedSemaphorePermit, 
     drop(permit);
 }
 
-/// Turns the connection into a link, if `line` asks for a version this server speaks, and
-/// serves it; `permit` is its slot, held until the link ends.
+/// Turns the connection into a link, if `line` asks for a version this server speaks and a
+/// link slot is free, and serves it; `permit`, its connection slot, is given back once it is a
+/// link (it holds a link slot instead), so links never keep one-line clients out.
 async fn serve_link<R: Respond>(
     mut conn: Connection,
     line: &RequestLine,
@@ -357,6 +361,17 @@ async fn serve_link<R: Respond>(
         }
         return;
     }
+    let Ok(link_slot) = Arc::clone(&shared.links).try_acquire_owned() else {
+        tracing::debug!(role, ?peer, "link limit reached; link refused");
+        let error = RpcError::Overloaded {
+            reason: format!("too many links (limit {}); send tasks on connections of their own", limits.max_links),
+        };
+        if conn.write_reply(&frame::encode_error(&error), limits.write_timeout).await.is_ok() {
+            conn.linger(limits.linger).await;
+        }
+        return;
+    };
+    drop(permit);
     let (mut stream, rest) = conn.into_parts();
     let hello = link::hello_answer(link::max_request_frame(limits));
     match tokio::time::timeout(limits.write_timeout, stream.write_all(&hello)).await {
@@ -366,7 +381,7 @@ async fn serve_link<R: Respond>(
     tracing::debug!(role, ?peer, "link opened");
     let responder = Arc::clone(&shared.responder);
     link::serve::serve(role, stream, rest, responder, limits.clone(), shared.stop.clone(), peer).await;
-    drop(permit);
+    drop(link_slot);
 }
 
 /// Turns away a connection that found no slot.

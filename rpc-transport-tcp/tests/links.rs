@@ -316,3 +316,33 @@ async fn a_request_over_the_consumers_frame_limit_is_refused_alone_and_the_link_
     assert_eq!(stats[0].failures, 0, "the consumer was not blamed: {stats:?}");
     c.stop().await;
 }
+
+/// Links, idle or busy, hold no connection slot: with every slot's worth of idle links open,
+/// one-line clients and health probes are still served; links past `max_links` are refused
+/// `overloaded`, and a Producer refused a link sends its tasks on connections of their own.
+#[tokio::test]
+async fn idle_links_keep_no_client_out_and_links_past_the_limit_are_refused() {
+    let (r, _) = registry();
+    let limits = Limits::default().with_max_connections(2).with_max_links(2);
+    let c = consumer(r, ConsumerConfig::default().with_limits(limits)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (stream, hello) = open_link(c.addr).await;
+        assert!(hello.contains("\"link\":1"), "{hello}");
+        held.push(stream);
+    }
+    let (_refused, answer) = open_link(c.addr).await;
+    assert!(answer.starts_with("ERROR overloaded: ") && answer.contains("too many links (limit 2)"), "{answer}");
+    // The two idle links hold no connection slot: a client is served at once.
+    let started = Instant::now();
+    assert_eq!(raw_text(c.addr, "calculator calculate 2 + 2\n").await, "4\n");
+    assert!(raw_text(c.addr, "_rpc health\n").await.starts_with("{\"role\":\"consumer\""));
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?} for a slot", started.elapsed());
+    // A Producer finds no link slot: its tasks go on connections of their own.
+    let p = producer_of(vec![c.addr]);
+    for i in 0..3 {
+        assert_eq!(within(10, LabClient::new(p.clone()).slow(10 + i)).await.unwrap(), 10 + i);
+    }
+    drop(held);
+    c.stop().await;
+}
