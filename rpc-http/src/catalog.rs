@@ -6,13 +6,13 @@
 //! be named, and a text reply can be read back as the JSON value the method's return type
 //! says it is.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rpc_core::service::{DESCRIBE, RESERVED_PREFIX};
 use rpc_core::{Args, Context, Metadata, Reply, Request, RpcError, Transport};
 use serde_json::{Map, Value};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 /// One method, as its description gives it.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl Descriptions {
 }
 
 /// A name from a URL, cut for an error message.
-fn clip(name: &str) -> String {
+pub(crate) fn clip(name: &str) -> String {
     if name.len() <= 64 {
         return name.to_owned();
     }
@@ -111,13 +111,26 @@ fn clip(name: &str) -> String {
 /// Where the descriptions come from, and the last ones read.
 pub(crate) struct Catalog {
     fixed: Option<Arc<Descriptions>>,
-    /// The last descriptions read, and when: every call reads them, so a plain lock held for
-    /// a clone of the `Arc`.
-    cached: RwLock<Option<(Instant, Arc<Descriptions>)>>,
-    /// Held while reading them again, so concurrent calls ask the backend once.
-    refreshing: Mutex<()>,
+    /// Shared with the task reading the descriptions, which outlives any one caller.
+    state: Arc<Mutex<State>>,
     ttl: Duration,
 }
+
+/// What the catalog knows: every call reads it, so a plain lock, never held across an await.
+#[derive(Default)]
+struct State {
+    /// The last descriptions read, and when.
+    cached: Option<(Instant, Arc<Descriptions>)>,
+    /// The last read that failed, and when: for [`FAILURE_MEMORY`], callers get its error
+    /// instead of asking a backend that just failed again.
+    failed: Option<(Instant, RpcError)>,
+    /// The read in flight, with the metadata it carries: callers that need descriptions wait
+    /// for its outcome instead of starting reads of their own.
+    reading: Option<(Metadata, watch::Receiver<Option<Outcome>>)>,
+}
+
+/// The outcome of one read of the descriptions.
+type Outcome = Result<Arc<Descriptions>, RpcError>;
 
 /// How long a describe request may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,24 +138,29 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How soon a method the descriptions lack makes them be read again.
 const MISS_REFRESH: Duration = Duration::from_secs(1);
 
+/// How long a failed read answers for the backend.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+
 impl Catalog {
     /// Descriptions read from the backend and kept for `ttl`, or `fixed` ones for good.
     pub(crate) fn new(fixed: Option<Value>, ttl: Duration) -> Self {
-        Catalog {
-            fixed: fixed.map(|d| Arc::new(Descriptions::parse(d))),
-            cached: RwLock::new(None),
-            refreshing: Mutex::new(()),
-            ttl,
-        }
+        Catalog { fixed: fixed.map(|d| Arc::new(Descriptions::parse(d))), state: Arc::default(), ttl }
     }
 
     /// The descriptions: the fixed ones, the cached ones while fresh, else the backend's.
     ///
+    /// One read at a time goes to the backend, in a task of its own (at most
+    /// [`DESCRIBE_TIMEOUT`]); every caller that needs it meanwhile waits for that read and
+    /// gets its outcome, failure included. Dropping the future stops the wait, not the read,
+    /// so a caller bounds the wait by its own deadline and the read still serves the others.
+    ///
     /// # Errors
-    /// The describe request's error when the backend cannot answer.
+    /// The describe request's error when the backend cannot answer, or answered so within
+    /// the last [`FAILURE_MEMORY`].
     /// The describe request carries `metadata` (the caller's credentials, for a backend
-    /// behind an auth layer).
-    pub(crate) async fn get<T: Transport>(
+    /// behind an auth layer); a refusal of the caller's credentials (`unauthenticated`) is
+    /// not shared with callers whose metadata differs, nor remembered.
+    pub(crate) async fn get<T: Transport + Clone + 'static>(
         &self,
         transport: &T,
         max_age: Option<Duration>,
@@ -152,36 +170,72 @@ impl Catalog {
             return Ok(Arc::clone(fixed));
         }
         let max_age = max_age.unwrap_or(self.ttl);
-        let fresh = || {
-            let cached = self.cached.read().unwrap_or_else(PoisonError::into_inner);
-            cached.as_ref().filter(|(at, _)| at.elapsed() < max_age).map(|(_, d)| Arc::clone(d))
-        };
-        if let Some(descriptions) = fresh() {
-            return Ok(descriptions);
+        loop {
+            let (mut reading, read_with) = {
+                let mut state = lock(&self.state);
+                if let Some((_, descriptions)) = state.cached.as_ref().filter(|(at, _)| at.elapsed() < max_age) {
+                    return Ok(Arc::clone(descriptions));
+                }
+                if let Some((_, error)) = state.failed.as_ref().filter(|(at, _)| at.elapsed() < FAILURE_MEMORY) {
+                    return Err(error.clone());
+                }
+                match &state.reading {
+                    Some((read_with, reading)) => (reading.clone(), read_with.clone()),
+                    None => {
+                        let reading = self.start_read(transport.clone(), metadata.clone());
+                        state.reading = Some((metadata.clone(), reading.clone()));
+                        (reading, metadata.clone())
+                    }
+                }
+            };
+            let waited = reading.wait_for(Option::is_some).await.map(|outcome| outcome.clone());
+            let outcome = match waited {
+                Ok(outcome) => outcome.unwrap_or_else(|| Err(ended_unanswered())),
+                Err(_) => {
+                    // The read's task ended without an outcome (it panicked): forget it, so
+                    // the next caller starts another.
+                    let mut state = lock(&self.state);
+                    if state.reading.as_ref().is_some_and(|(_, r)| r.same_channel(&reading)) {
+                        state.reading = None;
+                    }
+                    Err(ended_unanswered())
+                }
+            };
+            match outcome {
+                // Another caller's credentials were refused, not necessarily these.
+                Err(RpcError::Unauthenticated { .. }) if read_with != *metadata => continue,
+                outcome => return outcome,
+            }
         }
-        let _refreshing = self.refreshing.lock().await;
-        // Another call may have read them while this one waited.
-        if let Some(descriptions) = fresh() {
-            return Ok(descriptions);
-        }
-        let request = Request::new(RESERVED_PREFIX, DESCRIBE, Args::Text(Vec::new()))
-            .with_context(Context::new().with_deadline(DESCRIBE_TIMEOUT).with_all_metadata(metadata.clone()));
-        let document = match transport.call(request).await? {
-            Reply::Value(v) => v,
-            Reply::Text(text) => serde_json::from_str(&text)
-                .map_err(|e| RpcError::protocol(format!("the backend's descriptions are not JSON: {e}")))?,
-            other => serde_json::from_str(&other.into_text())
-                .map_err(|e| RpcError::protocol(format!("the backend's descriptions are not JSON: {e}")))?,
-        };
-        let descriptions = Arc::new(Descriptions::parse(document));
-        *self.cached.write().unwrap_or_else(PoisonError::into_inner) =
-            Some((Instant::now(), Arc::clone(&descriptions)));
-        Ok(descriptions)
+    }
+
+    /// Starts reading the descriptions with `metadata`; the receiver gets the outcome, which
+    /// is also kept in the state.
+    fn start_read<T: Transport + 'static>(&self, transport: T, metadata: Metadata) -> watch::Receiver<Option<Outcome>> {
+        let (done, reading) = watch::channel(None);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            let outcome = read(&transport, metadata).await;
+            let mut state = lock(&state);
+            state.reading = None;
+            match &outcome {
+                Ok(descriptions) => {
+                    state.cached = Some((Instant::now(), Arc::clone(descriptions)));
+                    state.failed = None;
+                }
+                // About the caller's credentials, not the backend.
+                Err(RpcError::Unauthenticated { .. }) => {}
+                Err(error) => state.failed = Some((Instant::now(), error.clone())),
+            }
+            drop(state);
+            let _ = done.send(Some(outcome));
+        });
+        reading
     }
 
     /// The method `service.method`, reading the descriptions again (at most every second)
     /// when the cached ones lack it.
-    pub(crate) async fn method<T: Transport>(
+    pub(crate) async fn method<T: Transport + Clone + 'static>(
         &self,
         transport: &T,
         service: &str,
@@ -195,6 +249,32 @@ impl Catalog {
             Err(_) => self.get(transport, Some(MISS_REFRESH), metadata).await?.method(service, method).cloned(),
         }
     }
+}
+
+/// Asks the backend for its descriptions (`_rpc describe`).
+async fn read<T: Transport>(transport: &T, metadata: Metadata) -> Outcome {
+    let request = Request::new(RESERVED_PREFIX, DESCRIBE, Args::Text(Vec::new()))
+        .with_context(Context::new().with_deadline(DESCRIBE_TIMEOUT).with_all_metadata(metadata));
+    let not_json = |e: serde_json::Error| RpcError::protocol(format!("the backend's descriptions are not JSON: {e}"));
+    // Bounded here too: a transport that overlooks the request's deadline would otherwise
+    // hold the one read in flight, and every call waiting on it, for good.
+    let called = tokio::time::timeout(DESCRIBE_TIMEOUT, transport.call(request))
+        .await
+        .map_err(|_| RpcError::deadline(format!("{RESERVED_PREFIX}.{DESCRIBE}"), DESCRIBE_TIMEOUT))?;
+    let document = match called? {
+        Reply::Value(v) => v,
+        Reply::Text(text) => serde_json::from_str(&text).map_err(not_json)?,
+        other => serde_json::from_str(&other.into_text()).map_err(not_json)?,
+    };
+    Ok(Arc::new(Descriptions::parse(document)))
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn ended_unanswered() -> RpcError {
+    RpcError::Internal { message: "reading the backend's descriptions ended without an answer".to_owned() }
 }
 
 /// The arguments of a call to `method` from a JSON body: an object names them, an array gives

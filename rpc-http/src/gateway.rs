@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -20,14 +21,15 @@ use crate::catalog::{self, Catalog};
 use crate::status::{error_response, http_error, json_response};
 
 /// The header that carries a call's deadline, in milliseconds from when the request arrives
-/// (at most 10 digits); the server caps it at [`Limits::with_max_deadline`].
+/// (at most 10 digits, given once); the server caps it at [`Limits::with_max_deadline`].
 pub const DEADLINE_HEADER: &str = "x-rpc-deadline-ms";
 
 /// The prefix of the headers that become the call's metadata: `x-rpc-meta-authorization:
-/// Bearer t` gives the entry `authorization` = `Bearer t`.
+/// Bearer t` gives the entry `authorization` = `Bearer t`. Each is given once.
 pub const METADATA_PREFIX: &str = "x-rpc-meta-";
 
-/// The header that carries a call's trace id (at most [`MAX_TRACE_ID`] characters).
+/// The header that carries a call's trace id: 1 to [`MAX_TRACE_ID`] visible ASCII characters
+/// (no spaces), given once.
 pub const TRACE_HEADER: &str = "x-rpc-trace-id";
 
 /// The longest trace id accepted, in bytes.
@@ -44,6 +46,11 @@ pub struct Limits {
     /// How long a client may take to send the request's headers (10 s); then the connection
     /// is closed.
     pub header_timeout: Duration,
+    /// How long a response may wait for a client that reads nothing (10 s); then the
+    /// connection is closed. It bounds a client that sends requests and never reads the
+    /// answers, which would otherwise hold its connection, and so one of
+    /// [`Limits::max_connections`], for good.
+    pub write_timeout: Duration,
     /// The longest deadline a call gets, and the deadline of a call that names none (30 s).
     pub max_deadline: Duration,
     /// Connections served at once (1024); more are closed at once.
@@ -58,6 +65,7 @@ impl Default for Limits {
             max_body: 1024 * 1024,
             body_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             max_deadline: Duration::from_secs(30),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(10),
@@ -84,6 +92,13 @@ impl Limits {
     #[must_use]
     pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Limits::write_timeout`].
+    #[must_use]
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
         self
     }
 
@@ -228,7 +243,8 @@ impl Gateway {
     }
 
     /// The routes, for serving with [`Gateway::serve`] or nesting in an application of your
-    /// own (the limits on headers and connections are then yours to set).
+    /// own (the limits on headers, connections and writes are then yours to set, and so are
+    /// the answers to requests hyper cannot parse).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/", get(console))
@@ -238,6 +254,8 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            // After the routes: it applies to the routes already added.
+            .method_not_allowed_fallback(method_not_allowed)
             .fallback(not_found)
             .with_state(self.clone())
     }
@@ -249,7 +267,18 @@ impl Gateway {
 }
 
 async fn not_found() -> Response {
+    crate::metrics::record_call("unknown", "not_found", Duration::ZERO);
     http_error(StatusCode::NOT_FOUND, "not_found", "no such route: calls are POST /rpc/{service}/{method}")
+}
+
+/// A known route asked with a method it does not answer (axum adds the `allow` header).
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    crate::metrics::record_call("unknown", "method_not_allowed", Duration::ZERO);
+    let message = format!(
+        "{method} {}: method not allowed (calls are POST /rpc/{{service}}/{{method}}; the other routes answer GET)",
+        catalog::clip(uri.path())
+    );
+    http_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
 }
 
 async fn console(State(gateway): State<Gateway>) -> Response {
@@ -317,19 +346,29 @@ async fn metrics(State(gateway): State<Gateway>) -> Response {
 /// `POST /rpc/{service}/{method}`.
 async fn call(
     State(gateway): State<Gateway>,
-    Path((service, method)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let inner = &gateway.inner;
-    let (target, outcome, response) = match call_inner(inner, &service, &method, &headers, body).await {
+    let answer = match path {
+        Ok(Path((service, method))) => call_inner(inner, &service, &method, &headers, body).await,
+        // A segment that is not UTF-8 once percent-decoded: no name to look up.
+        Err(rejection) if rejection.status().is_client_error() => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("cannot read the service and method from the path: {}", rejection.body_text()),
+        )),
+        Err(rejection) => Err(RpcError::Internal { message: rejection.body_text() }.into()),
+    };
+    let (target, outcome, response) = match answer {
         Ok((target, value)) => (target, "ok", json_response(StatusCode::OK, &value)),
         Err(Failure::Call(target, error)) => {
             let target = target.unwrap_or_else(|| "unknown".to_owned());
             (target, error.kind(), error_response(&error))
         }
-        Err(Failure::Http(response)) => ("unknown".to_owned(), "bad_request", *response),
+        Err(Failure::Http { status, code, message }) => ("unknown".to_owned(), code, http_error(status, code, message)),
     };
     crate::metrics::record_call(&target, outcome, started.elapsed());
     response
@@ -338,8 +377,9 @@ async fn call(
 enum Failure {
     /// The call failed; the method's target when the descriptions know it.
     Call(Option<String>, Box<RpcError>),
-    /// The HTTP request itself was refused.
-    Http(Box<Response>),
+    /// The HTTP request itself was refused before any call: its status, and the envelope's
+    /// code (also the outcome in metrics) and message.
+    Http { status: StatusCode, code: &'static str, message: String },
 }
 
 impl From<RpcError> for Failure {
@@ -355,30 +395,43 @@ async fn call_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(String, Value), Failure> {
-    let context = context_from(headers, &inner.limits)?;
+    let (context, budget) = context_from(headers, &inner.limits)?;
     let bytes = read_body(headers, body, &inner.limits).await?;
     let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Object(serde_json::Map::new())
     } else {
         serde_json::from_slice(&bytes).map_err(|e| RpcError::bad_request(format!("the body is not valid JSON: {e}")))?
     };
-    let desc = inner.catalog.method(&inner.transport, service, method, context.metadata()).await?;
+    // The deadline bounds the whole call, the lookup of the method included: a caller waiting
+    // on a slow describe request gets its 504 at its deadline, like any other.
+    let named = || format!("{}.{}", catalog::clip(service), catalog::clip(method));
+    let left = time_left(&context).ok_or_else(|| RpcError::deadline(named(), budget))?;
+    let lookup = inner.catalog.method(&inner.transport, service, method, context.metadata());
+    let desc = tokio::time::timeout(left, lookup).await.map_err(|_| RpcError::deadline(named(), budget))??;
     let target = desc.target.clone();
     let fail = |error: RpcError| Failure::Call(Some(target.clone()), Box::new(error));
     let args = catalog::arguments(&desc, value).map_err(fail)?;
-    let deadline = context.remaining().unwrap_or(inner.limits.max_deadline);
+    // A deadline already passed: the method is not called (a timeout of zero would still
+    // poll the call once, and a quick method would run).
+    let left = time_left(&context).ok_or_else(|| fail(RpcError::deadline(target.clone(), budget)))?;
     let request = Request::new(service, method, args).with_context(context).in_parameter_order(desc.variadic);
-    let reply = match tokio::time::timeout(deadline, inner.transport.call(request)).await {
+    let reply = match tokio::time::timeout(left, inner.transport.call(request)).await {
         Ok(reply) => reply.map_err(fail)?,
-        Err(_) => return Err(fail(RpcError::deadline(target.clone(), deadline))),
+        Err(_) => return Err(fail(RpcError::deadline(target.clone(), budget))),
     };
     Ok((target.clone(), catalog::result_json(&desc, reply)))
 }
 
-/// The call's context from the request's headers: deadline (capped), metadata, trace id.
-fn context_from(headers: &HeaderMap, limits: &Limits) -> Result<Context, Failure> {
+/// The time left before the call's deadline; `None` once it has passed.
+fn time_left(context: &Context) -> Option<Duration> {
+    context.remaining().filter(|left| !left.is_zero())
+}
+
+/// The call's context from the request's headers (deadline capped, metadata, trace id), and
+/// the deadline it was given.
+fn context_from(headers: &HeaderMap, limits: &Limits) -> Result<(Context, Duration), Failure> {
     let mut deadline = limits.max_deadline;
-    if let Some(value) = headers.get(DEADLINE_HEADER) {
+    if let Some(value) = single(headers, DEADLINE_HEADER)? {
         let text = value.to_str().unwrap_or_default();
         let ms = (!text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit()))
             .then(|| text.parse::<u64>().ok())
@@ -393,23 +446,39 @@ fn context_from(headers: &HeaderMap, limits: &Limits) -> Result<Context, Failure
         deadline = deadline.min(Duration::from_millis(ms));
     }
     let mut context = Context::new().with_deadline(deadline);
-    for (name, value) in headers {
+    for name in headers.keys() {
         let Some(key) = name.as_str().strip_prefix(METADATA_PREFIX) else { continue };
+        let Some(value) = single(headers, name.as_str())? else { continue };
         let value = value
             .to_str()
             .map_err(|_| RpcError::bad_request(format!("header {name}: metadata values are visible ASCII text")))?;
         context =
             context.with_metadata(key, value).map_err(|e| RpcError::bad_request(format!("header {name}: {e}")))?;
     }
-    if let Some(value) = headers.get(TRACE_HEADER) {
-        let id = value.to_str().ok().filter(|id| !id.is_empty() && id.len() <= MAX_TRACE_ID).ok_or_else(|| {
-            RpcError::bad_request(format!(
-                "header {TRACE_HEADER}: expected 1 to {MAX_TRACE_ID} visible ASCII characters"
+    if let Some(value) = single(headers, TRACE_HEADER)? {
+        let id = value.as_bytes();
+        if id.is_empty() || id.len() > MAX_TRACE_ID || !id.iter().all(u8::is_ascii_graphic) {
+            return Err(RpcError::bad_request(format!(
+                "header {TRACE_HEADER}: expected 1 to {MAX_TRACE_ID} visible ASCII characters (no spaces), got {}",
+                rpc_core::error::quote(&String::from_utf8_lossy(id))
             ))
-        })?;
-        context = context.with_trace_id(id);
+            .into());
+        }
+        context = context.with_trace_id(String::from_utf8_lossy(id));
     }
-    Ok(context)
+    Ok((context, deadline))
+}
+
+/// The value of header `name`, which must not be given twice: which of two values a proxy or
+/// client meant is unknowable, so neither is picked.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, RpcError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    let more = values.count();
+    if more > 0 {
+        return Err(RpcError::bad_request(format!("header {name}: given {} times; send it once", more + 1)));
+    }
+    Ok(first)
 }
 
 /// The request body, within the limits: JSON only, at most `max_body` bytes, sent within
@@ -460,8 +529,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<B
     }
 }
 
-fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
-    Failure::Http(Box::new(http_error(status, code, message)))
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Failure {
+    Failure::Http { status, code, message: message.into() }
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {

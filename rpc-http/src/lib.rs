@@ -13,10 +13,11 @@
 //!   (Prometheus text), `GET /` (a console for people).
 //!
 //! Layout: [`gateway`] (routes, limits, headers), `catalog` (descriptions, arguments from
-//! JSON), [`client`] ([`HttpTransport`], calling a front from Rust), [`status`] (errors as HTTP), [`openapi`], [`metrics`], [`backends`], `serve` (the
-//! listener loop and graceful shutdown), `console`. Like the other transports, nothing here
-//! binds a port or installs a signal handler: the caller passes a listener and a shutdown
-//! future.
+//! JSON), [`client`] ([`HttpTransport`], calling a front from Rust), [`status`] (errors as
+//! HTTP), [`openapi`], [`metrics`], [`backends`], `serve` (the listener loop and graceful
+//! shutdown), `write_timeout` (a bound on clients that do not read), `console`. Like the
+//! other transports, nothing here binds a port or installs a signal handler: the caller passes
+//! a listener and a shutdown future.
 //!
 //! ```
 //! use rpc_core::{MemoryTransport, Registry};
@@ -54,6 +55,7 @@ pub mod metrics;
 pub mod openapi;
 mod serve;
 pub mod status;
+mod write_timeout;
 
 pub use backends::{BackendStatus, Backends};
 pub use client::HttpTransport;

@@ -59,12 +59,17 @@ pub fn envelope(error: &RpcError) -> Value {
     json!({"error": {"code": error.kind(), "message": message, "data": data}})
 }
 
-/// An error envelope for a failure of the HTTP request itself, before any call (wrong
+/// An error response for a failure of the HTTP request itself, before any call (wrong
 /// content type, a body too large or too slow, no such route): `code` names it.
 pub(crate) fn http_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let message = message.into();
-    let body = json!({"error": {"code": code, "message": message, "data": {"kind": "bad_request", "reason": message}}});
-    json_response(status, &body)
+    json_response(status, &http_envelope(code, &message.into()))
+}
+
+/// The envelope of a failure of the HTTP request itself: `code` names it, and `data` is a
+/// `bad_request` wire form, since no call was made: a Rust client reads it as
+/// [`RpcError::BadRequest`] with `message` as its reason.
+pub(crate) fn http_envelope(code: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "data": {"kind": "bad_request", "reason": message}}})
 }
 
 /// `value` as an `application/json` response with `status`.

@@ -4,17 +4,18 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{get, post, raw, Front};
 use rpc_core::layer::auth::AuthLayer;
-use rpc_core::{Registry, RpcError};
+use rpc_core::{Registry, Reply, Request, RpcError, Transport};
 use rpc_http::status::status_of;
 use rpc_http::{Gateway, Limits};
 use rpc_transport_tcp::{Consumer, ConsumerConfig, Producer, ProducerConfig};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn front() -> Front {
@@ -363,7 +364,7 @@ async fn descriptions_list_every_method_with_docs_and_schemas() {
 
 #[tokio::test]
 async fn the_http_transport_calls_a_front_with_its_context_and_rebuilds_its_errors() {
-    use rpc_core::{Args, Context, Reply, Request, Transport};
+    use rpc_core::{Args, Context};
 
     let front = front().await;
     let transport = rpc_http::HttpTransport::new(&format!("http://{}", front.addr)).unwrap();
@@ -411,4 +412,238 @@ async fn the_deadline_header_bounds_a_call_through_the_producer_too() {
     let r = post(front.addr, "/rpc/calc/nap", r#"{"ms": 5000}"#, &[("x-rpc-deadline-ms", "300")]).await;
     assert_error(&r, 504, "deadline_exceeded");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected_and_frees_its_connection_slot() {
+    let limits = Limits::default().with_max_connections(1).with_write_timeout(Duration::from_millis(300));
+    let front = Front::memory(limits).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window, so the front's writes stall soon.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(front.addr).await.unwrap();
+    let (_never_read, mut requests) = stream.into_split();
+    let pipelining = tokio::spawn(async move {
+        let one = b"GET /openapi.json HTTP/1.1\r\nhost: t\r\n\r\n";
+        // Until the front closes the connection.
+        while requests.write_all(one).await.is_ok() {}
+    });
+    tokio::time::timeout(Duration::from_secs(5), pipelining)
+        .await
+        .expect("the front closes a connection whose answers nobody reads")
+        .unwrap();
+    assert_eq!(get(front.addr, "/healthz").await.status, 200, "its slot is free again");
+}
+
+/// A backend whose describe request answers only at its own deadline (5 s), counted.
+struct SlowDescribe {
+    calc: rpc_core::MemoryTransport,
+    describes: Arc<AtomicUsize>,
+}
+
+impl Transport for SlowDescribe {
+    async fn call(&self, request: Request) -> Result<Reply, RpcError> {
+        if request.service == "_rpc" {
+            self.describes.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(request.context.remaining().unwrap_or(Duration::from_secs(5))).await;
+            return Err(RpcError::deadline("_rpc.describe", Duration::from_secs(5)));
+        }
+        self.calc.call(request).await
+    }
+}
+
+#[tokio::test]
+async fn the_calls_deadline_bounds_the_method_lookup_and_concurrent_lookups_share_one_describe() {
+    let describes = Arc::new(AtomicUsize::new(0));
+    let transport = SlowDescribe { calc: common::memory(), describes: Arc::clone(&describes) };
+    let front = Front::with(transport, |b| b).await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = front.addr;
+            tokio::spawn(async move {
+                post(addr, "/rpc/calc/calculate", r#"[1, "+", 1]"#, &[("x-rpc-deadline-ms", "200")]).await
+            })
+        })
+        .collect();
+    for call in calls {
+        let r = tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .expect("answered at the call's deadline, not the describe request's")
+            .unwrap();
+        assert_error(&r, 504, "deadline_exceeded");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(describes.load(Ordering::SeqCst), 1, "one describe request for all four calls");
+}
+
+/// A backend whose describe request fails after a moment, counted.
+struct FailingDescribe {
+    describes: Arc<AtomicUsize>,
+}
+
+impl Transport for FailingDescribe {
+    async fn call(&self, _request: Request) -> Result<Reply, RpcError> {
+        self.describes.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(RpcError::Unavailable { target: "_rpc.describe".into(), reason: "no consumer is up".into() })
+    }
+}
+
+#[tokio::test]
+async fn calls_waiting_on_one_failed_describe_share_its_error_instead_of_each_asking_again() {
+    let describes = Arc::new(AtomicUsize::new(0));
+    let front = Front::with(FailingDescribe { describes: Arc::clone(&describes) }, |b| b).await;
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = front.addr;
+            tokio::spawn(async move { post(addr, "/rpc/calc/calculate", r#"[1, "+", 1]"#, &[]).await })
+        })
+        .collect();
+    for call in calls {
+        assert_error(&call.await.unwrap(), 503, "unavailable");
+    }
+    // Just after, the failure still answers for the backend.
+    assert_error(&post(front.addr, "/rpc/calc/calculate", r#"[1, "+", 1]"#, &[]).await, 503, "unavailable");
+    assert_eq!(describes.load(Ordering::SeqCst), 1);
+}
+
+/// The in-process [`common::Calc`], counting the calls that reach it (describe requests aside).
+struct CountedCalls {
+    calc: rpc_core::MemoryTransport,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Transport for CountedCalls {
+    async fn call(&self, request: Request) -> Result<Reply, RpcError> {
+        if request.service != "_rpc" {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+        }
+        self.calc.call(request).await
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_that_passed_before_the_call_is_504_without_calling_the_method() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let front = Front::with(CountedCalls { calc: common::memory(), calls: Arc::clone(&calls) }, |b| b).await;
+    let body = br#"[2, "+", 2]"#;
+    let mut stream = TcpStream::connect(front.addr).await.unwrap();
+    let head = format!(
+        "POST /rpc/calc/calculate HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-type: application/json\r\nx-rpc-deadline-ms: 1\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..3]).await.unwrap();
+    // The rest of the body arrives after the 1 ms deadline.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(&body[3..]).await.unwrap();
+    let r = common::read_response(&mut stream).await;
+    assert_error(&r, 504, "deadline_exceeded");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the method was not called");
+}
+
+#[tokio::test]
+async fn refusals_before_a_call_answer_the_error_envelope_and_what_hyper_cannot_parse_its_bare_status() {
+    let front = front().await;
+    let bare = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+    };
+    let long = format!("/rpc/{}/m", "s".repeat(70_000));
+    let many_headers = format!("GET /healthz HTTP/1.1\r\nhost: t\r\n{}\r\n", "x-h: 1\r\n".repeat(200));
+    let cases: Vec<(String, u16, &str)> = vec![
+        (bare("GET", "/rpc/calc/calculate"), 405, "method_not_allowed"),
+        (bare("POST", "/healthz"), 405, "method_not_allowed"),
+        (bare("POST", "/rpc/calc/%FF"), 400, "bad_request"),
+    ];
+    for (request, status, code) in cases {
+        let r = raw(front.addr, request.as_bytes()).await;
+        let line = request.lines().next().unwrap_or_default();
+        let shown = &line[..line.len().min(60)];
+        assert_eq!((r.status, r.header("content-type")), (status, Some("application/json")), "{shown}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["error"]["code"], code, "{shown}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        // No call was made: a Rust client reads it as a bad request.
+        assert_eq!(RpcError::from_wire(&body["error"]["data"], "t").kind(), "bad_request", "{body}");
+    }
+    let r = raw(front.addr, bare("GET", "/rpc/calc/calculate").as_bytes()).await;
+    assert_eq!(r.header("allow"), Some("POST"));
+    // What hyper refuses before any route sees it gets hyper's own answer: the status alone,
+    // and the connection closed (docs/HTTP.md, "Errors").
+    for (request, status) in [(bare("POST", &long), 414), (bare("GET", "/he llo"), 400), (many_headers, 431)] {
+        let r = raw(front.addr, request.as_bytes()).await;
+        assert_eq!((r.status, r.body.len()), (status, 0), "{}", &request[..40]);
+    }
+}
+
+#[tokio::test]
+async fn duplicated_context_headers_and_a_trace_id_with_spaces_are_400_naming_the_header() {
+    let front = front().await;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("x-rpc-deadline-ms", "50"), ("x-rpc-deadline-ms", "99999")], "x-rpc-deadline-ms"),
+        (&[("x-rpc-meta-authorization", "one"), ("x-rpc-meta-authorization", "two")], "x-rpc-meta-authorization"),
+        (&[("x-rpc-trace-id", "a"), ("x-rpc-trace-id", "b")], "x-rpc-trace-id"),
+        (&[("x-rpc-trace-id", "a b\tc")], "x-rpc-trace-id"),
+    ];
+    for (headers, named) in cases {
+        let r = post(front.addr, "/rpc/calc/whoami", "{}", headers).await;
+        assert_error(&r, 400, "bad_request");
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains(named), "{headers:?}: {}", r.text());
+    }
+    let r = post(front.addr, "/rpc/calc/whoami", "{}", &[("x-rpc-trace-id", "span-1/a:b")]).await;
+    assert_eq!((r.status, r.json()["trace_id"].as_str()), (200, Some("span-1/a:b")), "visible ASCII passes");
+}
+
+/// The in-process [`common::Calc`], saying when a call starts and when the front drops it.
+struct Watched {
+    calc: rpc_core::MemoryTransport,
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+    dropped: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+/// Sends when dropped.
+struct OnDrop(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl Transport for Watched {
+    async fn call(&self, request: Request) -> Result<Reply, RpcError> {
+        if request.service == "_rpc" {
+            return self.calc.call(request).await;
+        }
+        let _dropped = OnDrop(self.dropped.clone());
+        let _ = self.started.send(());
+        self.calc.call(request).await
+    }
+}
+
+#[tokio::test]
+async fn requests_still_running_after_the_drain_timeout_are_dropped() {
+    let (started, mut call_started) = tokio::sync::mpsc::unbounded_channel();
+    let (dropped, mut call_dropped) = tokio::sync::mpsc::unbounded_channel();
+    let transport = Watched { calc: common::memory(), started, dropped };
+    let mut front =
+        Front::with(transport, |b| b.with_limits(Limits::default().with_drain_timeout(Duration::from_millis(200))))
+            .await;
+    let mut stream = TcpStream::connect(front.addr).await.unwrap();
+    let body = r#"{"ms": 5000}"#;
+    let request = format!(
+        "POST /rpc/calc/nap HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    call_started.recv().await.unwrap();
+    front.stop();
+    tokio::time::timeout(Duration::from_secs(2), &mut front.task).await.expect("serve returns").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), call_dropped.recv())
+        .await
+        .expect("the call is dropped once the drain timeout passed, not left running");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed without an answer: {:?}", String::from_utf8_lossy(&answer));
 }

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::{get, post, Front};
+use common::{get, post, raw, Front};
 use rpc_core::Registry;
-use rpc_http::Gateway;
+use rpc_http::{Gateway, Limits};
 use rpc_transport_tcp::{Consumer, ConsumerConfig, Producer, ProducerConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -164,4 +165,30 @@ async fn metrics_count_the_text_protocol_side_of_the_producer_too() {
     let text = get(front.addr, "/metrics").await.text();
     let needle = r#"rpc_calls_total{side="producer",target="calc.calculate",outcome="ok"} 1"#;
     assert!(text.contains(needle), "no {needle} in:\n{text}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_refused_before_any_call_under_their_envelope_code() {
+    use tokio::io::AsyncWriteExt;
+
+    let handle = rpc_http::metrics::prometheus().unwrap();
+    let limits = Limits::default().with_max_body(64).with_body_timeout(Duration::from_millis(200));
+    let front =
+        Front::start(Gateway::builder(common::memory()).with_limits(limits).with_prometheus(handle).build()).await;
+
+    let big = format!("[\"{}\"]", "x".repeat(100));
+    assert_eq!(post(front.addr, "/rpc/calc/sum", &big, &[]).await.status, 413);
+    let form = "POST /rpc/calc/sum HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 1\r\n\r\nx";
+    assert_eq!(raw(front.addr, form.as_bytes()).await.status, 415);
+    let mut slow = tokio::net::TcpStream::connect(front.addr).await.unwrap();
+    slow.write_all(b"POST /rpc/calc/sum HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n[").await.unwrap();
+    assert_eq!(common::read_response(&mut slow).await.status, 408);
+    let wrong_method = "GET /rpc/calc/sum HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw(front.addr, wrong_method.as_bytes()).await.status, 405);
+
+    let text = get(front.addr, "/metrics").await.text();
+    for outcome in ["payload_too_large", "unsupported_media_type", "request_timeout", "method_not_allowed"] {
+        let needle = format!(r#"rpc_calls_total{{side="http",target="unknown",outcome="{outcome}"}} 1"#);
+        assert!(text.contains(&needle), "no {needle} in:\n{text}");
+    }
 }
