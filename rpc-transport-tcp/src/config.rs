@@ -92,7 +92,8 @@ impl Limits {
         self
     }
 
-    /// Connections served at once (at least one). Default 1024.
+    /// Connections served at once (at least one). Default 1024. On a Consumer it is also the
+    /// bound of tasks at once on each link ([`Limits::with_max_links`]).
     ///
     /// A connection beyond it is accepted and waits up to 2 s for a slot. To make room, the
     /// connection that has waited longest for its request line is evicted, if it has held its
@@ -280,6 +281,8 @@ impl ProducerConfig {
     /// doubles with each consecutive failure (2 s, 4 s, 8 s, ...) up to
     /// [`ProducerConfig::with_max_backoff`], and starts over once the consumer answers a task. A
     /// consumer is given tasks again only after its backoff and a health probe it answered.
+    /// A consumer that refuses a link for now (`overloaded`) is asked again this long later
+    /// (at least 1 s); its tasks go one per connection meanwhile.
     #[must_use]
     pub fn with_backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff;

@@ -385,6 +385,9 @@ fn record_task(target: String, outcome: &'static str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+/// The least time before a consumer that refused a link (`overloaded`) is asked again.
+const LINK_RETRY_MIN: Duration = Duration::from_secs(1);
+
 /// How a consumer can be used for a task right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Usable {
@@ -551,10 +554,11 @@ impl Inner {
                 (LinkMode::Open(Arc::clone(&link)), Some(link))
             }
             Opened::Legacy(answer) if answer.starts_with("ERROR overloaded") => {
-                let retry = config.backoff;
+                // Not at every task: asking costs the task a connection and a round trip.
+                let retry = config.backoff.max(LINK_RETRY_MIN);
                 tracing::info!(consumer = %backend.addr, %answer, retry_in = %fmt_duration(retry),
                     "consumer {} refuses links for now; it gets one connection per task meanwhile", backend.addr);
-                (LinkMode::Refused(Instant::now() + retry), None)
+                (LinkMode::Refused(deadline_after(retry)), None)
             }
             Opened::Legacy(answer) => {
                 tracing::info!(consumer = %backend.addr, %answer,

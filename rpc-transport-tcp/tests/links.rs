@@ -343,6 +343,9 @@ async fn idle_links_keep_no_client_out_and_links_past_the_limit_are_refused() {
     for i in 0..3 {
         assert_eq!(within(10, LabClient::new(p.clone()).slow(10 + i)).await.unwrap(), 10 + i);
     }
+    // Asked again a backoff later: an unbounded backoff is a setting like any other.
+    let unbounded = Producer::new(vec![c.addr], ProducerConfig::default().with_backoff(Duration::MAX));
+    assert_eq!(within(10, LabClient::new(unbounded).slow(5)).await.unwrap(), 5);
     drop(held);
     c.stop().await;
 }
