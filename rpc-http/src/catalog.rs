@@ -129,6 +129,22 @@ struct State {
     reading: Option<(Metadata, watch::Receiver<Option<Outcome>>)>,
 }
 
+/// Whether a failed read says something about the backend (it is down, slow, or answered
+/// nonsense), which every caller may be told, rather than about the request that one caller's
+/// metadata made (refused credentials, a layer's refusal), which only that caller is.
+fn about_the_backend(error: &RpcError) -> bool {
+    matches!(
+        error,
+        RpcError::Unavailable { .. }
+            | RpcError::Overloaded { .. }
+            | RpcError::Transport { .. }
+            | RpcError::Closed
+            | RpcError::DeadlineExceeded { .. }
+            | RpcError::Protocol { .. }
+            | RpcError::Decode { .. }
+    )
+}
+
 /// The outcome of one read of the descriptions.
 type Outcome = Result<Arc<Descriptions>, RpcError>;
 
@@ -170,6 +186,7 @@ impl Catalog {
             return Ok(Arc::clone(fixed));
         }
         let max_age = max_age.unwrap_or(self.ttl);
+        let mut retried = false;
         loop {
             let (mut reading, read_with) = {
                 let mut state = lock(&self.state);
@@ -192,18 +209,23 @@ impl Catalog {
             let outcome = match waited {
                 Ok(outcome) => outcome.unwrap_or_else(|| Err(ended_unanswered())),
                 Err(_) => {
-                    // The read's task ended without an outcome (it panicked): forget it, so
-                    // the next caller starts another.
+                    // The read's task ended without an outcome (it panicked, or its runtime
+                    // stopped): forget it, and start another once.
                     let mut state = lock(&self.state);
                     if state.reading.as_ref().is_some_and(|(_, r)| r.same_channel(&reading)) {
                         state.reading = None;
+                    }
+                    if !retried {
+                        retried = true;
+                        continue;
                     }
                     Err(ended_unanswered())
                 }
             };
             match outcome {
-                // Another caller's credentials were refused, not necessarily these.
-                Err(RpcError::Unauthenticated { .. }) if read_with != *metadata => continue,
+                // About another caller's request (its credentials, its metadata), not
+                // necessarily about this one's.
+                Err(error) if !about_the_backend(&error) && read_with != *metadata => continue,
                 outcome => return outcome,
             }
         }
@@ -223,9 +245,10 @@ impl Catalog {
                     state.cached = Some((Instant::now(), Arc::clone(descriptions)));
                     state.failed = None;
                 }
-                // About the caller's credentials, not the backend.
-                Err(RpcError::Unauthenticated { .. }) => {}
-                Err(error) => state.failed = Some((Instant::now(), error.clone())),
+                Err(error) if about_the_backend(error) => state.failed = Some((Instant::now(), error.clone())),
+                // About the caller's request (its credentials, its metadata): not held
+                // against the others.
+                Err(_) => {}
             }
             drop(state);
             let _ = done.send(Some(outcome));

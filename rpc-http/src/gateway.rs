@@ -422,9 +422,14 @@ async fn call_inner(
     Ok((target.clone(), catalog::result_json(&desc, reply)))
 }
 
-/// The time left before the call's deadline; `None` once it has passed.
+/// The time left before the call's deadline; `None` once it has passed. A context without a
+/// deadline (`max_deadline` of `Duration::MAX`, "no deadline") has all the time there is.
 fn time_left(context: &Context) -> Option<Duration> {
-    context.remaining().filter(|left| !left.is_zero())
+    match context.remaining() {
+        None => Some(Duration::MAX),
+        Some(left) if left.is_zero() => None,
+        left => left,
+    }
 }
 
 /// The call's context from the request's headers (deadline capped, metadata, trace id), and

@@ -32,10 +32,19 @@ impl<T> WriteTimeout<T> {
         WriteTimeout { inner, timeout, stalled: None }
     }
 
-    /// Passes on what the inner write returned, unless it has waited `timeout` in all.
-    fn bound<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if polled.is_ready() {
-            self.stalled = None;
+    /// Passes on what the inner write, flush or shutdown returned, unless it has waited
+    /// `timeout` without progress. Progress is a write that took bytes, or a failure; a flush
+    /// that is ready (a no-op on a socket) is none, so it cannot hide a stalled write.
+    fn bound<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+        progress: impl Fn(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
+        if let Poll::Ready(result) = &polled {
+            if result.as_ref().map_or(true, &progress) {
+                self.stalled = None;
+            }
             return polled;
         }
         let timeout = self.timeout;
@@ -62,7 +71,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.bound(cx, polled)
+        self.bound(cx, polled, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -71,7 +80,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.bound(cx, polled)
+        self.bound(cx, polled, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -80,12 +89,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.bound(cx, polled)
+        self.bound(cx, polled, |()| false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.bound(cx, polled)
+        self.bound(cx, polled, |()| true)
     }
 }
 

@@ -647,3 +647,37 @@ async fn requests_still_running_after_the_drain_timeout_are_dropped() {
     let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed without an answer: {:?}", String::from_utf8_lossy(&answer));
 }
+
+/// `max_deadline` of `Duration::MAX` means no deadline (`rpc_core::Context`): a call without
+/// `x-rpc-deadline-ms` is made, not refused as already late.
+#[tokio::test]
+async fn with_no_deadline_at_all_a_call_is_made() {
+    let front = Front::memory(Limits::default().with_max_deadline(Duration::MAX)).await;
+    let r = post(front.addr, "/rpc/calc/calculate", r#"{"a": 2, "op": "+", "b": 2}"#, &[]).await;
+    assert_eq!((r.status, r.json()), (200, serde_json::json!(4.0)), "{}", r.text());
+}
+
+/// Refuses any request whose metadata carries `x-refuse`, as a layer checking one caller's
+/// metadata does, with an error that is not about the backend.
+#[derive(Clone)]
+struct RefusesSomeMetadata(rpc_core::MemoryTransport);
+
+impl Transport for RefusesSomeMetadata {
+    async fn call(&self, request: Request) -> Result<Reply, RpcError> {
+        if request.context.metadata().get("x-refuse").is_some() {
+            return Err(RpcError::bad_request("this caller's metadata is refused"));
+        }
+        self.0.call(request).await
+    }
+}
+
+/// A describe read refused because of one caller's metadata is that caller's failure only:
+/// the next caller, with other metadata, reads the descriptions and is served at once.
+#[tokio::test]
+async fn a_describe_refused_for_one_callers_metadata_is_not_held_against_the_next() {
+    let front = Front::with(RefusesSomeMetadata(common::memory()), |b| b).await;
+    let r = post(front.addr, "/rpc/calc/calculate", "[1, \"+\", 1]", &[("x-rpc-meta-x-refuse", "1")]).await;
+    assert_error(&r, 400, "bad_request");
+    let r = post(front.addr, "/rpc/calc/calculate", "[1, \"+\", 1]", &[]).await;
+    assert_eq!((r.status, r.json()), (200, json!(2.0)), "{}", r.text());
+}
