@@ -124,69 +124,35 @@ async fn reserved_names_cannot_be_registered() {
 #[tokio::test]
 async fn describe_answers_are_taken_in_up_to_the_callers_body_limit_in_all() {
     use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
     use lapin::types::FieldTable;
-    use lapin::BasicProperties;
 
     let (_conn, channel) = common::channel().await;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
+    let (queue, mut requests) = common::raw_reply_queue(&channel).await;
+    let exchange = rpc_transport_amqp::wire::DESCRIBE_EXCHANGE;
+    let declare = ExchangeDeclareOptions { durable: false, auto_delete: false, ..Default::default() };
     channel
-        .exchange_declare(
-            rpc_transport_amqp::wire::DESCRIBE_EXCHANGE.into(),
-            lapin::ExchangeKind::Fanout,
-            lapin::options::ExchangeDeclareOptions { durable: false, auto_delete: false, ..Default::default() },
-            FieldTable::default(),
-        )
+        .exchange_declare(exchange.into(), lapin::ExchangeKind::Fanout, declare, FieldTable::default())
         .await
         .expect("declare the describe exchange");
     channel
         .queue_bind(
-            queue.name().clone(),
-            rpc_transport_amqp::wire::DESCRIBE_EXCHANGE.into(),
+            queue.as_str().into(),
+            exchange.into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
         .expect("bind");
-    let mut requests = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
     let responder = tokio::spawn(async move {
         while let Some(Ok(request)) = requests.next().await {
-            let props = &request.properties;
             for i in 0..3 {
                 let name = format!("oversized-{i}-{}", "x".repeat(3000));
                 let body =
                     serde_json::to_vec(&serde_json::json!({"services": [], "definitions": {}, "methods": [name]}))
                         .expect("encode");
-                let reply = BasicProperties::default()
-                    .with_type("result".into())
-                    .with_content_type("application/json".into())
-                    .with_correlation_id(props.correlation_id().clone().expect("correlation id"));
-                channel
-                    .basic_publish(
-                        "".into(),
-                        props.reply_to().clone().expect("reply_to"),
-                        BasicPublishOptions::default(),
-                        &body,
-                        reply,
-                    )
-                    .await
-                    .expect("answer");
+                common::answer(&channel, &request, "application/json", &body).await;
             }
         }
     });

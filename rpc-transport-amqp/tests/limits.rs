@@ -118,9 +118,8 @@ async fn a_result_over_the_limit_becomes_a_short_reply_too_large_error_and_a_hug
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_over_the_clients_limit_fails_its_call_and_the_client_keeps_working() {
     use futures_util::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
     use lapin::types::FieldTable;
-    use lapin::BasicProperties;
 
     let url = common::url();
     let client = Rpc::builder().with_max_body_size(4096).connect(&url).await.expect("client connects");
@@ -139,22 +138,8 @@ async fn a_reply_over_the_clients_limit_fails_its_call_and_the_client_keeps_work
         while let Some(Ok(request)) = requests.next().await {
             let args: serde_json::Value = rmp_serde::from_slice(&request.data).expect("msgpack request");
             let size = args["size"].as_u64().expect("size") as usize;
-            let props = &request.properties;
-            let reply = BasicProperties::default()
-                .with_type("result".into())
-                .with_content_type("application/msgpack".into())
-                .with_correlation_id(props.correlation_id().clone().expect("correlation id"));
             let body = rmp_serde::to_vec(&"x".repeat(size)).expect("encode");
-            channel
-                .basic_publish(
-                    "".into(),
-                    props.reply_to().clone().expect("reply_to"),
-                    BasicPublishOptions::default(),
-                    &body,
-                    reply,
-                )
-                .await
-                .expect("reply");
+            common::answer(&channel, &request, "application/msgpack", &body).await;
             request.ack(BasicAckOptions::default()).await.expect("ack");
         }
     });

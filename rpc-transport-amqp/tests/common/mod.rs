@@ -68,6 +68,26 @@ pub async fn raw_reply_queue(channel: &Channel) -> (String, Consumer) {
     (queue.name().to_string(), consumer)
 }
 
+/// Answers `request` as a hand-written server: a `result` with `body` in `content_type`, to
+/// its `reply_to`, under its correlation id.
+pub async fn answer(channel: &Channel, request: &lapin::message::Delivery, content_type: &str, body: &[u8]) {
+    let props = &request.properties;
+    let reply = lapin::BasicProperties::default()
+        .with_type("result".into())
+        .with_content_type(content_type.into())
+        .with_correlation_id(props.correlation_id().clone().expect("correlation id"));
+    channel
+        .basic_publish(
+            "".into(),
+            props.reply_to().clone().expect("reply_to"),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            reply,
+        )
+        .await
+        .expect("answer");
+}
+
 /// Pids of the broker connections whose client-provided name is `name` (from `rabbitmqctl`,
 /// which the tests run next to the broker).
 pub fn broker_connections(name: &str) -> Vec<String> {
