@@ -215,7 +215,7 @@ pub(crate) async fn describe(
                 },
             };
             if delivery.properties.correlation_id().as_ref().is_some_and(|c| c.as_str() == id) {
-                if replies.len() >= MAX_ANSWERS || taken + delivery.data.len() > max_body {
+                if replies.len() >= MAX_ANSWERS || taken.saturating_add(delivery.data.len()) > max_body {
                     dropped += 1;
                     continue;
                 }

@@ -71,7 +71,8 @@ pub(crate) async fn serve<R: Respond>(
     let max_in_flight = limits.max_connections.max(1);
     let (mut read, mut write) = stream.into_split();
     // Room for every task's reply, and as many refusals and a GOAWAY besides.
-    let (out, mut queued) = mpsc::channel::<Vec<u8>>(2 * max_in_flight + 1);
+    let capacity = max_in_flight.saturating_mul(2).saturating_add(1).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let (out, mut queued) = mpsc::channel::<Vec<u8>>(capacity);
     // A GOAWAY not queued yet (the queue was full when the shutdown came).
     let mut goaway_owed = false;
     let write_timeout = limits.write_timeout;
