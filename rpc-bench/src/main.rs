@@ -36,7 +36,15 @@ enum What {
     /// Everything below, in one run.
     All,
     /// TCP: consumer, producer, raw floor; 1 and 32 clients.
-    Tcp,
+    Tcp {
+        /// Only the scenarios whose name contains this (`floor`, `(a) consumer`, `producer`,
+        /// `blocking pool`), for profiling one of them.
+        #[arg(long)]
+        only: Option<String>,
+        /// Only this many clients (1 and 32 by default).
+        #[arg(long)]
+        clients: Option<usize>,
+    },
     /// HTTP/JSON front through the producer vs a minimal axum floor; keep-alive, 1 and 32 clients.
     Http,
     /// RabbitMQ: rpc.call vs a raw lapin floor, and aio-pika; 1 and 64 in flight; client and
@@ -140,8 +148,13 @@ fn main() {
         if cli.quick { ", QUICK SMOKE MODE: numbers mean nothing" } else { "" }
     );
     let all = cli.what == What::All;
-    if all || cli.what == What::Tcp {
-        let rows = tcp::run(&settings);
+    let tcp_pick = match &cli.what {
+        What::All => Some(tcp::Pick::default()),
+        What::Tcp { only, clients } => Some(tcp::Pick { only: only.clone(), clients: *clients }),
+        _ => None,
+    };
+    if let Some(pick) = tcp_pick {
+        let rows = tcp::run(&settings, &pick);
         stats::print_table("TCP, one connection per request (`calculator calculate 2 + 2`)", &rows, "(c) raw floor");
     }
     if all || cli.what == What::TcpGrowth {

@@ -155,9 +155,18 @@ fn measure(addr: SocketAddr, concurrency: usize, settings: &Settings) -> Run {
         .block_on(closed_loop(concurrency, warmup, duration, move |_, _| one_request(addr)))
 }
 
-/// Every TCP scenario at each concurrency, `settings.reps` times, interleaved so drift on a
-/// noisy machine hits all scenarios alike.
-pub fn run(settings: &Settings) -> Vec<Summary> {
+/// Which of [`run`]'s scenarios run (all by default).
+#[derive(Default)]
+pub struct Pick {
+    /// Only the scenarios whose name contains this.
+    pub only: Option<String>,
+    /// Only this many clients.
+    pub clients: Option<usize>,
+}
+
+/// Every TCP scenario `pick` names at each concurrency, `settings.reps` times, interleaved so
+/// drift on a noisy machine hits all scenarios alike.
+pub fn run(settings: &Settings, pick: &Pick) -> Vec<Summary> {
     let servers = Servers::new();
     let direct = servers.consumer();
     let consumers = vec![servers.consumer(), servers.consumer()];
@@ -165,14 +174,17 @@ pub fn run(settings: &Settings) -> Vec<Summary> {
     let floor = servers.raw_floor();
     let pooled =
         servers.consumer_of(Registry::new().with(PooledCalculator).expect("distinct, unreserved service names"));
-    let scenarios = [
+    let scenarios: Vec<_> = [
         ("(c) raw floor", floor),
         ("(a) consumer", direct),
         ("(b) producer → 2 consumers", gateway),
         ("(a′) consumer, calculate on the blocking pool", pooled),
-    ];
+    ]
+    .into_iter()
+    .filter(|(name, _)| pick.only.as_ref().map_or(true, |only| name.contains(only.as_str())))
+    .collect();
     let mut out = Vec::new();
-    for &concurrency in &[1usize, 32] {
+    for concurrency in [1usize, 32].into_iter().filter(|c| pick.clients.map_or(true, |p| p == *c)) {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];
         for _ in 0..settings.reps {
             for (i, (_, addr)) in scenarios.iter().enumerate() {

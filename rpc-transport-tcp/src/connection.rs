@@ -145,7 +145,7 @@ impl Connection {
     /// The socket's error, or [`io::ErrorKind::TimedOut`] after `timeout`.
     pub async fn write_reply(&mut self, reply: &[u8], timeout: Duration) -> io::Result<()> {
         let write = async {
-            self.stream.write_all(reply).await?;
+            write_last(&self.stream, reply).await?;
             self.stream.shutdown().await
         };
         match tokio::time::timeout(timeout, write).await {
@@ -170,4 +170,22 @@ impl Connection {
             }
         }
     }
+}
+
+/// Writes `bytes`, the last the socket sends before its close: held back for the close, so the
+/// reply and the end of stream leave in one segment (Linux, `MSG_MORE`; the close pushes them).
+async fn write_last(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    const FLAGS: std::ffi::c_int = libc::MSG_MORE;
+    #[cfg(not(target_os = "linux"))]
+    const FLAGS: std::ffi::c_int = 0;
+    let socket = socket2::SockRef::from(stream);
+    while !bytes.is_empty() {
+        let n = stream.async_io(tokio::io::Interest::WRITABLE, || socket.send_with_flags(bytes, FLAGS)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
