@@ -48,9 +48,15 @@ pub enum Departure {
 impl Connection {
     /// Wraps an accepted socket.
     pub fn new(stream: TcpStream) -> Self {
-        // Replies are written in one piece and followed by a close: no reason to wait for Nagle.
-        let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
+        Self::accepted(stream, peer)
+    }
+
+    /// Wraps a socket with the client's address `accept` gave (not asked of the socket again).
+    ///
+    /// Nagle's algorithm stays on: the one reply leaves with the close, which pushes it
+    /// ([`Connection::write_reply`]); a connection that becomes a link turns it off.
+    pub fn accepted(stream: TcpStream, peer: Option<SocketAddr>) -> Self {
         Connection { stream, buffer: Vec::new(), consumed: 0, eof: false, dropped: false, peer }
     }
 

@@ -175,15 +175,15 @@ pub(crate) async fn serve<R: Respond>(
         }
         let shared = Arc::clone(&shared);
         if let Ok(permit) = Arc::clone(&shared.slots).try_acquire_owned() {
-            tasks.spawn(async move { handle(Connection::new(stream), permit, &shared).await });
+            tasks.spawn(async move { handle(Connection::accepted(stream, Some(peer)), permit, &shared).await });
         } else if let Ok(waiting) = Arc::clone(&pending).try_acquire_owned() {
             tracing::debug!(role, %peer, "connection limit reached; waiting for a slot");
             tasks.spawn(async move {
                 let slot = wait_for_slot(&shared).await;
                 drop(waiting);
                 match slot {
-                    Some(permit) => handle(Connection::new(stream), permit, &shared).await,
-                    None => reject(Connection::new(stream), &shared).await,
+                    Some(permit) => handle(Connection::accepted(stream, Some(peer)), permit, &shared).await,
+                    None => reject(Connection::accepted(stream, Some(peer)), &shared).await,
                 }
             });
         } else {
@@ -375,6 +375,9 @@ async fn serve_link<R: Respond>(
     };
     drop(permit);
     let (mut stream, rest) = conn.into_parts();
+    // Frames follow one another on a link: Nagle's algorithm would hold one back while an
+    // earlier one is unacknowledged.
+    let _ = stream.set_nodelay(true);
     let hello = link::hello_answer(link::max_request_frame(limits));
     match tokio::time::timeout(limits.write_timeout, stream.write_all(&hello)).await {
         Ok(Ok(())) => {}
