@@ -54,9 +54,12 @@ impl Connection {
 
     /// Wraps a socket with the client's address `accept` gave (not asked of the socket again).
     ///
-    /// Nagle's algorithm stays on: the one reply leaves with the close, which pushes it
-    /// ([`Connection::write_reply`]); a connection that becomes a link turns it off.
+    /// On Linux Nagle's algorithm stays on: the one reply leaves with the close, which pushes it
+    /// ([`Connection::write_reply`]); a connection that becomes a link turns it off. Elsewhere
+    /// the reply is a plain write, so Nagle is turned off here.
     pub fn accepted(stream: TcpStream, peer: Option<SocketAddr>) -> Self {
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream.set_nodelay(true);
         Connection { stream, buffer: Vec::new(), consumed: 0, eof: false, dropped: false, peer }
     }
 
@@ -151,7 +154,7 @@ impl Connection {
     /// The socket's error, or [`io::ErrorKind::TimedOut`] after `timeout`.
     pub async fn write_reply(&mut self, reply: &[u8], timeout: Duration) -> io::Result<()> {
         let write = async {
-            write_last(&self.stream, reply).await?;
+            write_last(&mut self.stream, reply).await?;
             self.stream.shutdown().await
         };
         match tokio::time::timeout(timeout, write).await {
@@ -178,20 +181,76 @@ impl Connection {
     }
 }
 
-/// Writes `bytes`, the last the socket sends before its close: held back for the close, so the
-/// reply and the end of stream leave in one segment (Linux, `MSG_MORE`; the close pushes them).
-async fn write_last(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    const FLAGS: std::ffi::c_int = libc::MSG_MORE;
-    #[cfg(not(target_os = "linux"))]
-    const FLAGS: std::ffi::c_int = 0;
-    let socket = socket2::SockRef::from(stream);
+/// Writes `bytes`, the last the socket sends before its close.
+///
+/// On Linux they are held back for the close (`MSG_MORE`), so the reply and the end of stream
+/// leave in one segment, and a peer that has gone raises no SIGPIPE (`MSG_NOSIGNAL`, as std's
+/// own writes). Elsewhere it is a plain write, and Nagle's algorithm is off
+/// ([`Connection::accepted`]).
+#[cfg(target_os = "linux")]
+async fn write_last(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    let socket = socket2::SockRef::from(&*stream);
     while !bytes.is_empty() {
-        let n = stream.async_io(tokio::io::Interest::WRITABLE, || socket.send_with_flags(bytes, FLAGS)).await?;
+        let send = || socket.send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL);
+        let n = stream.async_io(tokio::io::Interest::WRITABLE, send).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         bytes = &bytes[n..];
     }
     Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn write_last(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::Connection;
+
+    /// Segments the socket has sent so far (`TCP_INFO`'s `tcpi_segs_out`).
+    fn segments_out(stream: &TcpStream) -> u32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `tcp_info` is plain integers, for which all zeroes is a value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a `tcp_info` of `len` bytes, which TCP_INFO fills in.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
+        info.tcpi_segs_out
+    }
+
+    #[tokio::test]
+    async fn a_reply_and_the_close_leave_in_one_segment() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let mut conn = Connection::accepted(stream, Some(peer));
+        client.write_all(b"calculator calculate 2 + 2\n").await.unwrap();
+        conn.read_request(1024, Duration::from_secs(5)).await.unwrap();
+        // Past the longest delayed acknowledgement of the request, which would count too.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let before = segments_out(&conn.stream);
+        conn.write_reply(b"4\n", Duration::from_secs(5)).await.unwrap();
+        let sent = segments_out(&conn.stream) - before;
+        assert_eq!(sent, 1, "the reply and the FIN took {sent} segments");
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"4\n");
+    }
 }
