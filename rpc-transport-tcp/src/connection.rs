@@ -206,7 +206,7 @@ async fn write_last(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     stream.write_all(bytes).await
 }
 
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
@@ -215,7 +215,16 @@ mod tests {
 
     use super::Connection;
 
+    /// A connection accepted from a client on loopback, with that client.
+    async fn pair() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        (Connection::accepted(stream, Some(peer)), client)
+    }
+
     /// Segments the socket has sent so far (`TCP_INFO`'s `tcpi_segs_out`).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn segments_out(stream: &TcpStream) -> u32 {
         use std::os::fd::AsRawFd;
         // SAFETY: `tcp_info` is plain integers, for which all zeroes is a value.
@@ -235,12 +244,10 @@ mod tests {
         info.tcpi_segs_out
     }
 
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[tokio::test]
     async fn a_reply_and_the_close_leave_in_one_segment() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let mut conn = Connection::accepted(stream, Some(peer));
+        let (mut conn, mut client) = pair().await;
         client.write_all(b"calculator calculate 2 + 2\n").await.unwrap();
         conn.read_request(1024, Duration::from_secs(5)).await.unwrap();
         // Past the longest delayed acknowledgement of the request, which would count too.
@@ -252,5 +259,22 @@ mod tests {
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"4\n");
+    }
+
+    /// A reply far larger than the socket takes at once is written in pieces as the client
+    /// reads, whole and in order, then closed.
+    #[tokio::test]
+    async fn a_reply_larger_than_the_socket_buffer_arrives_whole() {
+        let (mut conn, mut client) = pair().await;
+        let reply: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let reader = tokio::spawn(async move {
+            // Late, so the writer meets a full socket buffer first.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        conn.write_reply(&reply, Duration::from_secs(10)).await.unwrap();
+        assert!(reader.await.unwrap() == reply, "the reply arrived altered");
     }
 }
